@@ -1,0 +1,47 @@
+# mtkit: `make install` then `make test`. `make demo` is the main job (Ding de->en, ~30 min on a laptop CPU).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MTKIT := $(VENV)/bin/mtkit
+# The pinned CPU build that pip finds locally here; a user's own torch is kept (see install).
+TORCH_SPEC ?= torch==2.13.0
+DEMO_TIME ?= 30m
+
+.PHONY: install test test-fast lint data demo bench clean-venv
+
+install:
+	@# Keep a torch the user already has: the venv then sees the system site-packages.
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "make install: using the torch already installed for $(PYTHON)"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	@# Install the pinned CPU torch before the package, so its `torch>=...` range is already met.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --disable-pip-version-check -e ".[test]"
+	@$(MTKIT) --version
+
+test:
+	$(PY) -m pytest -q tests
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint:
+	$(VENV)/bin/ruff check .
+
+data:
+	$(MTKIT) data ding --out data/ding-de-en
+
+demo: data
+	bash bench/demo.sh $(DEMO_TIME)
+
+bench:
+	$(PY) bench/quick.py
+
+clean-venv:
+	rm -rf $(VENV)

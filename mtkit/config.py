@@ -1,0 +1,452 @@
+"""YAML config -> frozen dataclasses, validated in one place.
+
+The dataclass defaults below are the one source of truth; `configs/base.yaml` documents every
+key. `load_config` reads YAML with `safe_load`, applies `--set key.path=value` overrides, checks
+unknown keys (with a "did you mean"), types, choices and cross-field rules, and raises one
+ConfigError listing every problem as `path: message (got value)`. It does not read data or
+touch the run dir; components receive their own section, never the whole Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from mtkit.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitConfig:
+    """Where one split's sentence pairs come from: exactly one of `src`+`tgt`, `path`, `hub`."""
+
+    src: Optional[str] = None  # plain-text source file, one sentence per line (.gz allowed)
+    tgt: Optional[str] = None  # plain-text target file, line-aligned with `src`
+    path: Optional[str] = None  # one file or folder: .tsv/.csv/.jsonl/.parquet or a save_to_disk dir
+    hub: Optional[str] = None  # Hugging Face dataset name, e.g. "wmt14"
+    hub_config: Optional[str] = None  # its configuration, e.g. "de-en"
+    split: str = "train"  # the split to take from `hub` or a save_to_disk DatasetDict
+    streaming: bool = False  # stream `hub` instead of downloading it whole
+    src_field: Optional[str] = None  # column/key of the source side; default data.src_lang
+    tgt_field: Optional[str] = None  # column/key of the target side; default data.tgt_lang
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    src_lang: str = "de"  # source language code (also the default column name)
+    tgt_lang: str = "en"  # target language code
+    train: SplitConfig = field(default_factory=SplitConfig)  # training pairs
+    valid: Optional[SplitConfig] = None  # dev pairs for validation (never filtered)
+    test: Optional[SplitConfig] = None  # test pairs, reported by `mtkit data check` only
+    max_len: int = 128  # subword tokens per side; longer training pairs are dropped and counted
+    max_len_ratio: float = 3.0  # drop training pairs whose token-length ratio exceeds this
+    num_proc: Optional[int] = None  # processes for encoding; null = min(4, CPU cores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    model_type: Literal["unigram", "bpe"] = "unigram"  # SentencePiece algorithm
+    vocab_size: int = 8000  # pieces per vocabulary (lowered, with a warning, for tiny corpora)
+    joint: bool = True  # one vocabulary for both sides (needed for model.tie_embeddings)
+    character_coverage: float = 1.0  # share of characters covered; <1 maps rare ones to <unk>
+    input_sentence_size: int = 2_000_000  # sentences sampled for training the tokenizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    d_model: int = 256  # model width (paper: 512 base)
+    heads: int = 4  # attention heads h; d_k = d_v = d_model / heads
+    d_ff: int = 1024  # inner width of the position-wise feed-forward network
+    encoder_layers: int = 3  # N for the encoder (paper: 6)
+    decoder_layers: int = 3  # N for the decoder (paper: 6)
+    dropout: float = 0.1  # P_drop on embeddings+positions and every sub-layer output
+    attention_dropout: float = 0.0  # dropout on attention weights (not in the paper; 0 = off)
+    norm_first: bool = True  # pre-norm with final LayerNorm; false = the paper's post-norm
+    tie_embeddings: bool = True  # share source, target and output embeddings (joint vocab only)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    batch_tokens: int = 4096  # padded tokens of the longer side per batch (per process)
+    accum_steps: int = 1  # batches whose gradients are summed per update
+    lr: float = 0.0007  # peak learning rate, reached at the end of warmup
+    warmup_steps: int = 4000  # linear warmup updates, then lr * sqrt(warmup / step)
+    label_smoothing: float = 0.1  # epsilon_ls of the paper
+    adam_betas: tuple[float, float] = (0.9, 0.98)  # Adam beta1, beta2 (paper section 5.3)
+    adam_eps: float = 1e-9  # Adam epsilon (paper section 5.3)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam as in the paper
+    clip_norm: float = 1.0  # clip the gradient's global norm to this; 0 = off
+    max_steps: Optional[int] = 100_000  # stop after this many updates
+    max_epochs: Optional[int] = None  # stop after this many passes over the training data
+    max_time: Optional[str] = None  # stop after this wall time: seconds, "90s", "12m", "2h"
+    eval_every: int = 1000  # updates between validations (and last.pt saves)
+    log_every: int = 100  # updates between training log lines
+    patience: int = 10  # stop after this many validations without a better dev BLEU; 0 = never
+    valid_max_sentences: Optional[int] = None  # validate on the first N dev pairs; null = all
+    keep_last: int = 2  # step checkpoints step-N.pt kept besides last.pt and best.pt
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 adds GradScaler)
+    threads: Optional[int] = None  # CPU threads for torch; null = all cores
+    max_bad_steps: int = 5  # NaN/inf or out-of-memory steps skipped before training stops
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    beam_size: int = 5  # hypotheses kept per sentence; 1 = greedy
+    length_penalty: float = 1.0  # GNMT alpha in ((5+len)/6)^alpha; 0 = off
+    max_len_a: float = 1.5  # output length limit is max_len_a * src_len + max_len_b
+    max_len_b: int = 10
+    nbest: int = 1  # hypotheses returned per sentence (<= beam_size)
+    batch_tokens: int = 4096  # source tokens per decoding batch
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    run_dir: str = "runs/default"  # everything a run writes goes here
+    seed: int = 1  # seeds data order, initialisation and dropout
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+# Keys that may differ when a run is resumed: budgets and logging, so a finished run can be extended.
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.max_steps",
+        "train.max_epochs",
+        "train.max_time",
+        "train.patience",
+        "train.eval_every",
+        "train.log_every",
+        "train.keep_last",
+        "train.device",
+        "train.threads",
+        "train.valid_max_sentences",
+        "decode.beam_size",
+        "decode.length_penalty",
+        "decode.max_len_a",
+        "decode.max_len_b",
+        "decode.nbest",
+        "decode.batch_tokens",
+        "data.num_proc",
+    }
+)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or only defaults when `path` is None) and apply `--set` overrides.
+
+    Raises:
+        ConfigError: listing every problem found, one per line.
+    """
+    raw: dict[str, Any] = {}
+    where = "(defaults)"
+    if path is not None:
+        where = str(path)
+        raw = read_yaml_mapping(Path(path))
+    problems: list[str] = []
+    for item in overrides:
+        try:
+            key, value = parse_override(item)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        set_path(raw, key, value, problems)
+    cfg = from_dict(Config, raw, "", problems)
+    # Range and cross-field rules run on the fields that passed the type checks (the others hold
+    # their defaults), so one pass reports every problem; a key already reported is not repeated.
+    reported = {q.split(":", 1)[0] for q in problems}
+    problems.extend(q for q in cross_field_problems(cfg) if q.split(":", 1)[0] not in reported)
+    if problems:
+        head = f"{where}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the config"
+        raise ConfigError(head + "\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """`yaml.safe_load` a file that must hold a mapping; every failure is a ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found (absolute path {path.resolve()})")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give the path of a YAML config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); is this a YAML config?") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{line} invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty; start from configs/base.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the config must be a mapping of keys (run_dir:, data:, model: ...),"
+            f" not a {yaml_type_name(data)}; see configs/base.yaml"
+        )
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`"train.lr=0.001"` -> `("train.lr", 0.001)`; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set train.lr=0.001")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a key path like train.lr")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not YAML: take it as a plain string, the type check judges it
+    return key, value
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:
+    """Set `raw[a][b][c] = value` for key `a.b.c`, creating mappings on the way."""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            problems.append(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def from_dict(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """Build dataclass `cls` from a mapping, appending every problem found to `problems`."""
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or '(top level)'}: expected a mapping of keys (got {show(raw)})")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
+            problems.append(f"{path}: unknown key{hint}")
+            continue
+        ok, converted = check_value(hints[key], value, path, problems)
+        if ok:
+            kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bool, Any]:
+    """Check `value` against type `tp`; return (ok, value converted to the field's type)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return True, None
+        return check_value(args[0], value, path, problems)
+    if value is None:
+        problems.append(f"{path}: must not be null")
+        return False, None
+    if dataclasses.is_dataclass(tp):
+        return True, from_dict(tp, value, path + ".", problems)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            problems.append(f"{path}: expected one of {', '.join(map(str, choices))} (got {show(value)})")
+            return False, None
+        return True, value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            problems.append(f"{path}: expected a list of {len(args)} numbers (got {show(value)})")
+            return False, None
+        items = [check_value(a, v, f"{path}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value))]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected true or false (got {show(value)})")
+            return False, None
+        return True, value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected a whole number (got {show(value)})")
+            return False, None
+        return True, value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected a number (got {show(value)})")
+            return False, None
+        return True, float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and path.endswith("max_time"):
+            return True, str(value)  # max_time: a bare number of seconds
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string (got {show(value)})")
+            return False, None
+        return True, value
+    raise AssertionError(f"config type {tp} of {path} is not handled")  # a bug in this file
+
+
+def cross_field_problems(cfg: Config) -> list[str]:
+    """Ranges and rules that involve more than one field's type."""
+    p: list[str] = []
+    d, tok, m, t, dec = cfg.data, cfg.tokenizer, cfg.model, cfg.train, cfg.decode
+
+    def positive(path: str, value: float | None, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            p.append(f"{path}: must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+    def fraction(path: str, value: float, top_inclusive: bool = False) -> None:
+        if not (0.0 <= value < 1.0 or (top_inclusive and value == 1.0)):
+            p.append(f"{path}: must be in [0, 1{']' if top_inclusive else ')'} (got {value})")
+
+    for name, split in (("train", d.train), ("valid", d.valid), ("test", d.test)):
+        if split is not None:
+            p.extend(split_problems(f"data.{name}", split))
+    positive("data.max_len", d.max_len)
+    if d.max_len_ratio < 1.0:
+        p.append(f"data.max_len_ratio: must be >= 1 (got {d.max_len_ratio})")
+    positive("data.num_proc", d.num_proc)
+    if tok.vocab_size < 8:
+        p.append(f"tokenizer.vocab_size: must be >= 8 (got {tok.vocab_size})")
+    if not 0.0 < tok.character_coverage <= 1.0:
+        p.append(f"tokenizer.character_coverage: must be in (0, 1] (got {tok.character_coverage})")
+    positive("tokenizer.input_sentence_size", tok.input_sentence_size)
+    for key in ("d_model", "heads", "d_ff", "encoder_layers", "decoder_layers"):
+        positive(f"model.{key}", getattr(m, key))
+    if m.d_model > 0 and m.heads > 0 and m.d_model % m.heads:
+        p.append(f"model.heads: must divide model.d_model={m.d_model} (got {m.heads})")
+    fraction("model.dropout", m.dropout)
+    fraction("model.attention_dropout", m.attention_dropout)
+    if m.tie_embeddings and not tok.joint:
+        p.append("model.tie_embeddings: needs tokenizer.joint: true (one shared vocabulary);"
+                 " set one of them to the other's value")
+    for key in ("batch_tokens", "accum_steps", "lr", "adam_eps", "eval_every", "log_every"):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps"):
+        positive(f"train.{key}", getattr(t, key), allow_zero=True)
+    for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads"):
+        positive(f"train.{key}", getattr(t, key))
+    fraction("train.label_smoothing", t.label_smoothing)
+    for i, beta in enumerate(t.adam_betas):
+        fraction(f"train.adam_betas[{i}]", beta)
+    if t.max_time is not None:
+        try:
+            parse_duration(t.max_time)
+        except ValueError as e:
+            p.append(f"train.max_time: {e}")
+    positive("decode.beam_size", dec.beam_size)
+    positive("decode.length_penalty", dec.length_penalty, allow_zero=True)
+    positive("decode.max_len_a", dec.max_len_a, allow_zero=True)
+    positive("decode.max_len_b", dec.max_len_b, allow_zero=True)
+    positive("decode.batch_tokens", dec.batch_tokens)
+    positive("decode.nbest", dec.nbest)
+    if dec.nbest > dec.beam_size > 0:
+        p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
+    if dec.max_len_a == 0 and dec.max_len_b == 0:
+        p.append("decode.max_len_b: max_len_a and max_len_b are both 0, so no output could be produced")
+    return p
+
+
+def split_problems(prefix: str, s: SplitConfig) -> list[str]:
+    """A split names exactly one source: src+tgt files, one `path`, or a `hub` dataset."""
+    kinds = [k for k, on in (("src/tgt", s.src or s.tgt), ("path", s.path), ("hub", s.hub)) if on]
+    if len(kinds) != 1:
+        got = " and ".join(kinds) if kinds else "none"
+        return [f"{prefix}: give exactly one of src+tgt, path or hub (got {got})"]
+    if kinds[0] == "src/tgt" and not (s.src and s.tgt):
+        missing = "tgt" if s.src else "src"
+        return [f"{prefix}.{missing}: missing; a file pair needs both src and tgt"]
+    return []
+
+
+def parse_duration(value: str | float | int) -> float:
+    """`"90s"`, `"12m"`, `"2h"`, `"1.5h"`, `"3600"` or `3600` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(value))
+    if not m:
+        raise ValueError(f"expected seconds or a duration like 90s, 12m, 2h (got {value!r})")
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"must be > 0 (got {value!r})")
+    return seconds
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain YAML-able data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def from_plain_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with `to_dict` (e.g. inside a checkpoint); problems raise."""
+    problems: list[str] = []
+    cfg = from_dict(Config, raw, "", problems)
+    if problems:
+        raise ConfigError("saved config is invalid:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differing_keys(saved: Config, given: Config, ignore: frozenset[str] = RESUMABLE_KEYS) -> list[str]:
+    """Keys whose values differ between two configs, except those in `ignore`."""
+    a, b = flatten(to_dict(saved)), flatten(to_dict(given))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in ignore)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def yaml_type_name(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
