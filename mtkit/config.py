@@ -77,7 +77,7 @@ class TrainConfig:
     batch_tokens: int = 4096  # padded tokens of the longer side per batch (per process)
     accum_steps: int = 1  # batches whose gradients are summed per update
     lr: float = 0.0007  # peak learning rate, reached at the end of warmup
-    warmup_steps: int = 4000  # linear warmup updates, then lr * sqrt(warmup / step)
+    warmup_steps: int = 4000  # linear warmup updates, then lr * sqrt(warmup / step); 0 = lr / sqrt(step)
     label_smoothing: float = 0.1  # epsilon_ls of the paper
     adam_betas: tuple[float, float] = (0.9, 0.98)  # Adam beta1, beta2 (paper section 5.3)
     adam_eps: float = 1e-9  # Adam epsilon (paper section 5.3)
@@ -104,7 +104,8 @@ class DecodeConfig:
     max_len_a: float = 1.5  # output length limit is max_len_a * src_len + max_len_b
     max_len_b: int = 10
     nbest: int = 1  # hypotheses returned per sentence (<= beam_size)
-    batch_tokens: int = 4096  # source tokens per decoding batch
+    batch_tokens: int = 4096  # padded source tokens per decoding batch
+    max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +138,7 @@ RESUMABLE_KEYS = frozenset(
         "decode.max_len_b",
         "decode.nbest",
         "decode.batch_tokens",
+        "decode.max_input_tokens",
         "data.num_proc",
     }
 )
@@ -156,6 +158,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         where = str(path)
         raw = read_yaml_mapping(Path(path))
+    return build_config(raw, overrides, where)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...], where: str = "config") -> Config:
+    """`cfg` (e.g. a checkpoint's) with `--set` overrides applied and checked like a config file."""
+    return build_config(to_dict(cfg), overrides, where)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], where: str) -> Config:
+    """Apply overrides to parsed YAML and check everything, raising one ConfigError for all problems."""
     problems: list[str] = []
     for item in overrides:
         try:
@@ -242,7 +254,7 @@ def set_path(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> 
 def from_dict(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     """Build dataclass `cls` from a mapping, appending every problem found to `problems`."""
     if not isinstance(raw, dict):
-        problems.append(f"{prefix or '(top level)'}: expected a mapping of keys (got {show(raw)})")
+        problems.append(f"{prefix.rstrip('.') or '(top level)'}: expected a mapping of keys (got {show(raw)})")
         return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -365,6 +377,7 @@ def cross_field_problems(cfg: Config) -> list[str]:
     positive("decode.max_len_b", dec.max_len_b, allow_zero=True)
     positive("decode.batch_tokens", dec.batch_tokens)
     positive("decode.nbest", dec.nbest)
+    positive("decode.max_input_tokens", dec.max_input_tokens)
     if dec.nbest > dec.beam_size > 0:
         p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
     if dec.max_len_a == 0 and dec.max_len_b == 0:

@@ -1,0 +1,303 @@
+"""The `mtkit` command: a thin Typer layer over the package.
+
+Each command parses its options, calls one function of the package and prints the result. An
+MtkitError becomes one `error: ...` line on stderr and its exit code, no traceback (`--debug` or
+MTKIT_DEBUG=1 shows it). torch, datasets and sacrebleu are imported inside commands, so `--help`
+and config errors answer at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mtkit import __version__
+from mtkit.errors import ConfigError, MtkitError
+
+log = logging.getLogger("mtkit")
+
+app = typer.Typer(
+    help="mtkit: train Transformer translation models, translate files, score them with sacreBLEU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Get and inspect corpora.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+STATE = {"debug": False}
+
+SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help="Override a config key (repeatable).")
+
+
+def debug_on() -> bool:
+    return STATE["debug"] or os.environ.get("MTKIT_DEBUG", "") not in ("", "0")
+
+
+def handles_errors(fn):
+    """Turn MtkitError into `error: ...` on stderr and a non-zero exit code, without traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mtkit.runlog import setup_logging
+
+        setup_logging(STATE.get("verbosity", 0))
+        try:
+            return fn(*args, **kwargs)
+        except MtkitError as e:
+            if debug_on():
+                raise
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if debug_on():
+                raise
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def version_callback(value: bool):
+    if value:
+        typer.echo(f"mtkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More log detail (debug)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only warnings and errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also MTKIT_DEBUG=1)."),
+):
+    """mtkit: train Transformer translation models, translate files, score them with sacreBLEU."""
+    STATE["debug"] = debug
+    STATE["verbosity"] = -1 if quiet else min(verbose, 1)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@data_app.command("ding")
+@handles_errors
+def data_ding(
+    out: Path = typer.Option(Path("data/ding-de-en"), "--out", help="Folder for train/dev/test .de/.en."),
+    source: Optional[Path] = typer.Option(None, "--source", help="The Ding dictionary file or trans-de-en .deb."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different corpus already in --out."),
+):
+    """Build the Ding German-English corpus from Debian's trans-de-en package."""
+    from mtkit.ding import build_ding
+
+    counts = build_ding(out, source=source, overwrite=overwrite)
+    typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
+
+
+@data_app.command("synthetic")
+@handles_errors
+def data_synthetic(
+    out: Path = typer.Option(Path("data/tiny-reverse"), "--out", help="Folder for train/dev/test .src/.tgt."),
+    task: str = typer.Option("reverse", "--task", help="copy or reverse."),
+    train: int = typer.Option(20_000, "--train", help="Training pairs."),
+    seed: int = typer.Option(1, "--seed", help="Random seed."),
+):
+    """Write a synthetic copy/reverse corpus (for configs/tiny-reverse.yaml and smoke tests)."""
+    from mtkit.synthetic import write_task
+
+    if task not in ("copy", "reverse"):
+        raise ConfigError(f"--task: expected copy or reverse (got {task!r})")
+    counts = write_task(out, task=task, train=train, seed=seed)
+    typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
+
+
+@data_app.command("check")
+@handles_errors
+def data_check(config: Path = typer.Argument(..., help="YAML config."), set_: Optional[List[str]] = SetOpt):
+    """Report on a config's data: pairs, drops by reason, lengths, tokenizer coverage."""
+    from mtkit.config import load_config
+    from mtkit.data import check_report
+    from mtkit.tokenizer import Tokenizer
+
+    cfg = load_config(config, set_ or [])
+    tok_dir = Path(cfg.run_dir) / "tokenizer"
+    tok = Tokenizer.load(tok_dir) if tok_dir.exists() else None
+    if tok is None:
+        log.info("no tokenizer in %s yet: lengths in words (run `mtkit tokenizer %s` for pieces)", tok_dir, config)
+    typer.echo(check_report(cfg, tok))
+
+
+# ----------------------------------------------------------------------------- tokenizer, train
+
+
+@app.command("tokenizer")
+@handles_errors
+def tokenizer_cmd(
+    config: Path = typer.Argument(..., help="YAML config."),
+    set_: Optional[List[str]] = SetOpt,
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if the run dir has one."),
+):
+    """Train the SentencePiece tokenizer into RUN_DIR/tokenizer (train does this when missing)."""
+    from mtkit.config import load_config
+    from mtkit.runsetup import get_tokenizer
+
+    cfg = load_config(config, set_ or [])
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok = get_tokenizer(cfg, run_dir, retrain=retrain)
+    typer.echo(f"tokenizer: {run_dir / 'tokenizer'} (vocab {tok.src_vocab_size}"
+               f"{'' if tok.joint else f'/{tok.tgt_vocab_size}'}, {'joint' if tok.joint else 'separate'})", err=True)
+
+
+@app.command("train")
+@handles_errors
+def train_cmd(
+    config: Path = typer.Argument(..., help="YAML config."),
+    set_: Optional[List[str]] = SetOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard the run dir's checkpoints and start afresh."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights."),
+):
+    """Train a Transformer; running it again on the same run dir resumes exactly."""
+    from mtkit.config import load_config
+    from mtkit.train import Interrupted, train
+
+    cfg = load_config(config, set_ or [])
+    try:
+        train(cfg, overwrite=overwrite, init_from=str(init_from) if init_from else None)
+    except Interrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+# ----------------------------------------------------------------------------- translate, evaluate
+
+
+def _load(model: str, device: str, set_: Optional[List[str]], beam, greedy, nbest=None, batch_tokens=None):
+    from mtkit.config import apply_overrides
+    from mtkit.train import resolve_device
+    from mtkit.translate import decode_settings, load_model
+
+    dev = resolve_device(device)
+    net, tok, cfg = load_model(model, dev)
+    if set_:
+        bad = [s for s in set_ if not s.split("=", 1)[0].strip().startswith("decode.")]
+        if bad:
+            raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
+        cfg = apply_overrides(cfg, set_, where="--set")
+    return net, tok, decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens), dev
+
+
+@app.command("translate")
+@handles_errors
+def translate_cmd(
+    model: str = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt)."),
+    input: Optional[Path] = typer.Option(None, "-i", "--input", help="Input file (default stdin)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default stdout)."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (default: the checkpoint's decode.beam_size)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy search (beam 1)."),
+    nbest: Optional[int] = typer.Option(None, "--nbest", help="Output N hypotheses per line as `index ||| hyp ||| score`."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Translate a file or stdin: exactly one output line per input line, in order."""
+    from mtkit.translate import translate_file
+
+    net, tok, decode, dev = _load(model, device, set_, beam, greedy, nbest, batch_tokens)
+    if output is not None and output.exists():
+        log.warning("overwriting %s when the translation is complete", output)
+    translate_file(net, tok, decode, input, output, device=dev)
+
+
+@app.command("evaluate")
+@handles_errors
+def evaluate_cmd(
+    model: Optional[str] = typer.Argument(None, help="Checkpoint or run dir; omit with --hyp to score only."),
+    src: Optional[Path] = typer.Option(None, "--src", help="Source file to translate."),
+    ref: Path = typer.Option(..., "--ref", help="Reference file, one line per source line."),
+    hyp: Optional[Path] = typer.Option(None, "--hyp", help="Score this hypothesis file instead of translating."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam size."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy search (as training's validation)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the translations here."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures)."""
+    from mtkit.evaluate import format_scores, read_text_lines, score, score_files
+
+    if hyp is not None:
+        if model is not None or src is not None:
+            raise ConfigError("give either --hyp (score a file) or MODEL with --src (translate, then score)")
+        result = score_files(hyp, ref)
+    else:
+        if model is None or src is None:
+            raise ConfigError("give MODEL and --src to translate and score, or --hyp to score a file")
+        from mtkit.translate import translate_lines
+
+        refs = read_text_lines(ref, "references")
+        srcs = read_text_lines(src, "source")
+        if len(srcs) != len(refs):
+            from mtkit.errors import DataError
+
+            raise DataError(f"source {src} has {len(srcs)} lines but references {ref} has {len(refs)};"
+                            " they must be line-aligned")
+        net, tok, decode, dev = _load(model, device, set_, beam, greedy, None, batch_tokens)
+        hyps = [ts[0].text for ts in translate_lines(net, tok, srcs, decode, dev)]
+        if output is not None:
+            from mtkit.runsetup import write_atomic
+
+            write_atomic(output, "".join(h + "\n" for h in hyps))
+        result = score(hyps, refs)
+        result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty}
+    if as_json:
+        typer.echo(json.dumps({"bleu": result["bleu"], "chrf": result["chrf"], "ter": result["ter"],
+                               "signature": result["signature"], "n": result["n"],
+                               **({"decode": result["decode"]} if "decode" in result else {})}))
+    else:
+        typer.echo(format_scores(result))
+
+
+@app.command("average")
+@handles_errors
+def average_cmd(
+    checkpoints: List[Path] = typer.Argument(..., help="Checkpoints, or one run dir with --last N."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the averaged checkpoint."),
+    last: Optional[int] = typer.Option(None, "--last", help="With a run dir: average its newest N step-*.pt."),
+):
+    """Average the weights of several checkpoints of one model (e.g. the last N saves)."""
+    from mtkit.checkpoint import average_checkpoints, save_checkpoint, step_checkpoints
+
+    paths = list(checkpoints)
+    if last is not None:
+        if len(paths) != 1 or not paths[0].is_dir():
+            raise ConfigError("--last N needs exactly one run dir")
+        found = [p for _, p in step_checkpoints(paths[0])][:last]
+        if len(found) < last:
+            raise ConfigError(f"{paths[0]}: has {len(found)} step-*.pt checkpoints, fewer than --last {last};"
+                              " raise train.keep_last for future runs")
+        paths = found
+    if output.exists():
+        log.warning("overwriting %s", output)
+    save_checkpoint(output, average_checkpoints(paths))
+    typer.echo(f"averaged {len(paths)} checkpoints -> {output}", err=True)
+
+
+def main() -> None:
+    """Entry point of the `mtkit` console script."""
+    if "--debug" in sys.argv[1:]:
+        STATE["debug"] = True
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Score translations with sacreBLEU: BLEU, chrF and TER, each with its signature.
+
+`score` is the one function both `mtkit evaluate` and training's validation call, so the dev
+BLEU logged during training is the number `mtkit evaluate` reproduces. It scores detokenized
+text against one reference per line; it does not translate (see translate.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtkit.errors import DataError
+
+
+def score(hyps: list[str], refs: list[str], metrics: tuple[str, ...] = ("bleu", "chrf", "ter")) -> dict[str, Any]:
+    """Corpus-level sacreBLEU scores of detokenized hypotheses against references.
+
+    Args:
+        hyps: one hypothesis per line.
+        refs: one reference per line, aligned with `hyps`.
+        metrics: which of "bleu", "chrf", "ter" to compute (validation skips TER to save time).
+
+    Returns:
+        `{"bleu": float, "chrf": float, "ter": float, "signature": {metric: str}, "n": int}` with
+        numbers exactly as sacreBLEU reports them (BLEU and chrF on a 0-100 scale).
+    """
+    if len(hyps) != len(refs):
+        raise DataError(f"{len(hyps)} hypotheses but {len(refs)} references; they must be line-aligned")
+    from sacrebleu.metrics import BLEU, CHRF, TER  # lazy: sacrebleu is slow to import
+
+    makers = {"bleu": BLEU, "chrf": CHRF, "ter": TER}
+    out: dict[str, Any] = {"n": len(hyps), "signature": {}}
+    for name in metrics:
+        metric = makers[name]()
+        result = metric.corpus_score(hyps, [refs])
+        out[name] = result.score
+        out["signature"][name] = str(metric.get_signature())
+    return out
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    """Human-readable lines: each score with its signature."""
+    lines = []
+    for name, label in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER")):
+        if name in result:
+            lines.append(f"{label} = {result[name]:.2f}    {result['signature'][name]}")
+    return "\n".join(lines)
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """A UTF-8 text file's lines (without newlines); errors name the file and line."""
+    if not path.exists():
+        raise DataError(f"{what} {path}: file not found (absolute path {path.resolve()})")
+    if path.is_dir():
+        raise DataError(f"{what} {path}: is a directory; give a text file with one sentence per line")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{what} {path}: line {line}: invalid UTF-8; convert the file to UTF-8 (e.g. with iconv)") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"{what} {path}: line {line}: NUL byte; is this a binary file? give a text file")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # a final newline ends the last line; it does not start another
+    return [line.rstrip("\r") for line in lines]
+
+
+def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:
+    """Score a hypothesis file against a reference file, refusing different line counts."""
+    hyps = read_text_lines(hyp_path, "hypotheses")
+    refs = read_text_lines(ref_path, "references")
+    if len(hyps) != len(refs):
+        raise DataError(
+            f"hypotheses {hyp_path} has {len(hyps)} lines but references {ref_path} has {len(refs)};"
+            " they must be line-aligned"
+        )
+    return score(hyps, refs)

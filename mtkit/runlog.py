@@ -1,0 +1,87 @@
+"""Where a run's words and numbers go: stderr, run_dir/train.log and run_dir/metrics.jsonl.
+
+stdout is reserved for translations, so every log line goes to stderr (and to train.log during
+training); every log or validation event is also one JSON object per line in metrics.jsonl.
+This module formats and routes; it does not decide what is worth logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mtkit")
+
+LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Send mtkit's log to stderr at the level given by -v/-q (idempotent)."""
+    log.setLevel(LEVELS.get(max(-1, min(1, verbosity)), logging.INFO))
+    log.propagate = False
+    if not any(getattr(h, "_mtkit_stderr", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._mtkit_stderr = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+
+
+def add_log_file(path: Path) -> logging.Handler:
+    """Also append the log, with timestamps, to `path` (returned so the caller can remove it)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    return handler
+
+
+class MetricsWriter:
+    """Appends one JSON object per event to metrics.jsonl, flushed at once (a crash loses none)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self._file is None:
+            return
+        record = {"event": event, "time": round(time.time(), 3)}
+        record.update({k: _jsonable(v) for k, v in fields.items()})
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them readable instead of invalid
+    return v
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All events of a metrics.jsonl file (a torn last line from a crash is skipped)."""
+    events = []
+    if not path.exists():
+        return events
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

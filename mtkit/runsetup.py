@@ -1,0 +1,160 @@
+"""The run dir: what is in it, whether to resume, and how checkpoints are laid out in it.
+
+`prepare_run` decides between a fresh start and a resume (refusing a changed config), trains or
+reuses the tokenizer, and writes the resolved config; `prepare_data` loads the splits;
+`Saver` writes last.pt / best.pt / step-N.pt. The training loop itself is in train.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtkit.config import Config, differing_keys, dump_yaml, flatten, from_plain_dict, to_dict
+from mtkit.errors import TrainingError
+
+log = logging.getLogger("mtkit")
+
+# What `--overwrite` clears (only these names: the run dir may hold the user's own files too).
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "train.log", "config.yaml")
+RUN_DIRS = ("tokenizer", "cache")
+
+
+@dataclass
+class Run:
+    dir: Path
+    tokenizer: Any  # mtkit.tokenizer.Tokenizer
+    resume_path: Path | None = None
+    resume_state: dict[str, Any] | None = None
+
+
+def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = True) -> Run:
+    """Create or reopen the run dir; resume from its newest intact checkpoint if any."""
+    from mtkit.checkpoint import find_resume
+    from mtkit.tokenizer import Tokenizer
+
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"run_dir {run_dir}: exists and is not a directory; choose another run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_run(run_dir)
+    found = find_resume(run_dir) if for_training else None
+    if found is not None:
+        path, state = found
+        saved = from_plain_dict(state["config"])
+        diffs = differing_keys(saved, cfg)
+        if diffs:
+            a, b = flatten(to_dict(saved)), flatten(to_dict(cfg))
+            shown = "; ".join(f"{k}: saved {a.get(k)!r}, given {b.get(k)!r}" for k in diffs[:8])
+            raise TrainingError(
+                f"{run_dir} holds a run with a different config ({shown}). Resume with the saved config"
+                f" ({run_dir / 'config.yaml'}), choose a new run_dir, or pass --overwrite to start afresh"
+            )
+        run = Run(run_dir, Tokenizer.from_bytes(state["tokenizer"]), path, state)
+    else:
+        run = Run(run_dir, get_tokenizer(cfg, run_dir))
+    if for_training:
+        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    return run
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a previous run's artifacts (named ones only), saying what goes."""
+    gone = [p for p in (run_dir / n for n in RUN_FILES + RUN_DIRS) if p.exists()]
+    gone += sorted(run_dir.glob("step-*.pt"))
+    if gone:
+        log.warning("--overwrite: removing %s from %s", ", ".join(p.name for p in gone), run_dir)
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def tokenizer_settings(cfg: Config) -> dict[str, Any]:
+    """What the tokenizer depends on: if any of it changes, the tokenizer is trained again."""
+    return {"tokenizer": to_dict(cfg.tokenizer), "train": to_dict(cfg.data.train),
+            "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}
+
+
+def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False):
+    """The run dir's tokenizer if it was trained with these settings, else train and save one."""
+    import time
+
+    from mtkit.data import load_pairs
+    from mtkit.tokenizer import Tokenizer, train_tokenizer
+
+    tok_dir = run_dir / "tokenizer"
+    settings_path = tok_dir / "settings.yaml"
+    wanted = tokenizer_settings(cfg)
+    existing = Tokenizer.load(tok_dir) if tok_dir.exists() else None
+    if existing is not None and not retrain:
+        saved = yaml.safe_load(settings_path.read_text(encoding="utf-8")) if settings_path.exists() else None
+        if saved == wanted:
+            log.info("tokenizer: using %s", tok_dir)
+            return existing
+        log.warning("tokenizer in %s was trained with other settings; training it again", tok_dir)
+    t0 = time.monotonic()
+    pairs = load_pairs(cfg.data.train, cfg.data, "train", cache_dir=run_dir / "cache")
+    log.info("tokenizer: training %s, vocab %d, %s on %d pairs ...", cfg.tokenizer.model_type,
+             cfg.tokenizer.vocab_size, "joint" if cfg.tokenizer.joint else "separate", len(pairs))
+    tok = train_tokenizer(cfg.tokenizer, iter_column(pairs, "src"), iter_column(pairs, "tgt"))
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(tok_dir)
+    write_atomic(settings_path, yaml.safe_dump(wanted, sort_keys=False))
+    log.info("tokenizer: vocab %d/%d saved in %s (%.1fs)", tok.src_vocab_size, tok.tgt_vocab_size,
+             tok_dir, time.monotonic() - t0)
+    return tok
+
+
+def iter_column(ds, column: str, chunk: int = 10_000):
+    """Stream one text column of an Arrow dataset without materialising it as a list."""
+    for start in range(0, len(ds), chunk):
+        yield from ds[start:start + chunk][column]
+
+
+def prepare_data(cfg: Config, run: Run):
+    """Encoded, filtered training pairs and encoded dev pairs (None without data.valid)."""
+    from mtkit.data import prepare_eval, prepare_train
+
+    cache = run.dir / "cache"
+    train_ds, report = prepare_train(cfg.data, run.tokenizer, cache_dir=cache)
+    log.info("train data: %s", report.format())
+    valid_ds = None
+    if cfg.data.valid is not None:
+        valid_ds = prepare_eval(cfg.data.valid, cfg.data, run.tokenizer, "valid", cache_dir=cache)
+        log.info("valid data: %d pairs", len(valid_ds))
+    else:
+        log.warning("no data.valid: no validation, no best.pt and no early stopping")
+    return train_ds, valid_ds
+
+
+class Saver:
+    """Writes last.pt at every save, links step-N.pt to it (and best.pt when BLEU improved)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, tokenizer, keep_last: int):
+        self.run_dir, self.cfg, self.tokenizer, self.keep_last = run_dir, cfg, tokenizer, keep_last
+
+    def save(self, kind: str, step: int, state: dict[str, Any]) -> None:
+        from mtkit.checkpoint import link_or_copy, prune_step_checkpoints, save_checkpoint
+
+        last = self.run_dir / "last.pt"
+        save_checkpoint(last, {"config": to_dict(self.cfg), "tokenizer": self.tokenizer.to_bytes(),
+                               "step": step, **state})
+        # Hard links cost no disk: replacing last.pt later by rename leaves these pointing at this save.
+        if self.keep_last > 0:
+            link_or_copy(last, self.run_dir / f"step-{step}.pt")
+            prune_step_checkpoints(self.run_dir, self.keep_last)
+        if kind == "best":
+            link_or_copy(last, self.run_dir / "best.pt")
+        log.debug("saved %s at step %d", last, step)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

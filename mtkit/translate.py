@@ -1,0 +1,215 @@
+"""Translate lines and whole files: one output line per input line, in input order, always.
+
+Lines are sorted by length into token-budget batches for speed and put back in order; files are
+read in chunks so memory stays flat, and written to a temporary file renamed at the end, so a
+killed job never leaves a partial file that looks complete. Search itself is in search.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from mtkit.config import DecodeConfig
+from mtkit.errors import DataError
+
+log = logging.getLogger("mtkit")
+
+CHUNK_LINES = 20_000  # lines read, translated and written at a time: bounds memory for huge files
+
+
+@dataclass
+class Translation:
+    text: str
+    score: float
+
+
+def load_model(model_path: str | Path, device: str = "cpu"):
+    """(model in eval mode, tokenizer, config) from a checkpoint file or run dir."""
+    from mtkit.checkpoint import load_checkpoint, resolve_model_path
+    from mtkit.config import from_plain_dict
+    from mtkit.errors import CheckpointError
+    from mtkit.model import Transformer
+    from mtkit.tokenizer import PAD_ID, Tokenizer
+
+    path = resolve_model_path(model_path)
+    state = load_checkpoint(path)
+    cfg = from_plain_dict(state["config"])
+    tok = Tokenizer.from_bytes(state["tokenizer"])
+    model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, pad_id=PAD_ID)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {str(e)[:200]}") from None
+    model.to(device).eval()
+    log.info("loaded %s (step %s)", path, state.get("step", "?"))
+    return model, tok, cfg
+
+
+def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, device: str = "cpu",
+                    first_line_no: int = 1) -> list[list[Translation]]:
+    """Translate a list of sentences; returns `decode.nbest` translations per line, best first.
+
+    Empty or whitespace-only lines give empty translations without touching the model. Lines whose
+    source is longer than `decode.max_input_tokens` give an empty translation and a warning naming
+    the line (`first_line_no` is the number of lines[0] in its file). Training's validation calls
+    this same function, so dev BLEU during training equals `mtkit evaluate`'s.
+    """
+    import torch
+
+    from mtkit.data import make_batch
+    from mtkit.search import search
+
+    out: list[list[Translation]] = [[Translation("", 0.0)] * decode.nbest for _ in lines]
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    ids = tokenizer.encode_src([lines[i].strip() for i in todo]) if todo else []
+    keep = []
+    for i, src in zip(todo, ids):
+        if len(src) > decode.max_input_tokens:
+            log.warning("line %d: %d source tokens exceed decode.max_input_tokens=%d; output left empty",
+                        first_line_no + i, len(src), decode.max_input_tokens)
+        else:
+            keep.append((i, src))
+    # Longest first: similar lengths share a batch (little padding), and a batch that does not fit
+    # in memory shows up at once rather than at the end of a long job.
+    keep.sort(key=lambda item: -len(item[1]))
+    with torch.inference_mode():
+        for batch in token_batches(keep, decode.batch_tokens):
+            src = make_batch([s for _, s in batch])["src"].to(device)
+            for (i, _), hyps in zip(batch, search(model, src, decode)):
+                texts = tokenizer.decode_tgt([h.tokens for h in hyps])
+                out[i] = [Translation(t, h.score) for t, h in zip(texts, hyps)]
+    return out
+
+
+def token_batches(items: list[tuple[int, list[int]]], batch_tokens: int) -> Iterator[list[tuple[int, list[int]]]]:
+    """Cut length-sorted (index, ids) items into batches of at most `batch_tokens` padded source tokens."""
+    batch: list[tuple[int, list[int]]] = []
+    longest = 0
+    for item in items:
+        n = len(item[1]) + 1  # + EOS
+        if batch and max(longest, n) * (len(batch) + 1) > batch_tokens:
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, n)
+    if batch:
+        yield batch
+
+
+def read_chunks(stream: IO[bytes], name: str, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
+    """Yield (number of the first line, lines) from a binary stream, split on "\\n" only.
+
+    Splitting on "\\n" alone (not str.splitlines, which also breaks at \\x0b, \\x1c, \\u2028 ...)
+    keeps one output line per input line. Invalid UTF-8 and NUL bytes are errors naming the line.
+    """
+    chunk: list[str] = []
+    first = 1
+    for no, raw in enumerate(stream, start=1):
+        if b"\x00" in raw:
+            raise DataError(f"{name}: line {no}: NUL byte; is this a binary file? give UTF-8 text")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{name}: line {no}: invalid UTF-8; convert the input to UTF-8 (e.g. with iconv)") from None
+        chunk.append(line.rstrip("\n").rstrip("\r"))
+        if len(chunk) >= chunk_lines:
+            yield first, chunk
+            first, chunk = no + 1, []
+    if chunk:
+        yield first, chunk
+
+
+def format_output(translations: list[list[Translation]], first_index: int, nbest: int) -> str:
+    """One line per input; with nbest > 1, `index ||| hypothesis ||| score` lines (index 0-based)."""
+    if nbest == 1:
+        return "".join(ts[0].text + "\n" for ts in translations)
+    return "".join(f"{first_index + k} ||| {t.text} ||| {t.score:.4f}\n"
+                   for k, ts in enumerate(translations) for t in ts)
+
+
+def translate_file(model, tokenizer, decode: DecodeConfig, input_path: Path | None, output_path: Path | None,
+                   device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+    """Translate a file (or stdin) into a file (or stdout), chunk by chunk.
+
+    Output to a file goes to `.name.partial` first and is renamed only when complete, so an
+    interrupted job never leaves a truncated file under the final name.
+    """
+    name = str(input_path) if input_path else "<stdin>"
+    if input_path is not None:
+        if not input_path.exists():
+            raise DataError(f"input {input_path}: file not found (absolute path {input_path.resolve()})")
+        if input_path.is_dir():
+            raise DataError(f"input {input_path}: is a directory; give a text file")
+    instream = open(input_path, "rb") if input_path else sys.stdin.buffer
+    tmp = output_path.with_name(f".{output_path.name}.partial") if output_path else None
+    outstream = open(tmp, "w", encoding="utf-8", newline="\n") if tmp else sys.stdout
+    show_bar = progress if progress is not None else (output_path is not None and sys.stderr.isatty())
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        total = _count_lines(input_path) if input_path else None
+        bar = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True)
+    lines_done = 0
+    try:
+        for first, chunk in read_chunks(instream, name):
+            translations = translate_lines(model, tokenizer, chunk, decode, device, first_line_no=first)
+            outstream.write(format_output(translations, first - 1, decode.nbest))
+            outstream.flush()
+            lines_done += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if tmp is not None:
+            outstream.close()
+            os.replace(tmp, output_path)
+    except BaseException:
+        if tmp is not None:
+            outstream.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if input_path is not None:
+            instream.close()
+    return {"lines": lines_done}
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n += block.count(b"\n")
+    return n
+
+
+def decode_settings(base: DecodeConfig, beam: int | None = None, greedy: bool = False, nbest: int | None = None,
+                    batch_tokens: int | None = None) -> DecodeConfig:
+    """The checkpoint's decode settings with the command-line flags applied and checked."""
+    from dataclasses import replace
+
+    from mtkit.errors import ConfigError
+
+    changes: dict[str, Any] = {}
+    if greedy:
+        changes["beam_size"] = 1
+    elif beam is not None:
+        changes["beam_size"] = beam
+    if nbest is not None:
+        changes["nbest"] = nbest
+    if batch_tokens is not None:
+        changes["batch_tokens"] = batch_tokens
+    d = replace(base, **changes)
+    if d.beam_size < 1:
+        raise ConfigError(f"--beam: must be >= 1 (got {d.beam_size})")
+    if d.nbest < 1 or d.nbest > d.beam_size:
+        raise ConfigError(f"--nbest: must be between 1 and the beam size {d.beam_size} (got {d.nbest})")
+    if d.batch_tokens < 1:
+        raise ConfigError(f"--batch-tokens: must be >= 1 (got {d.batch_tokens})")
+    return d
+

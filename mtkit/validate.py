@@ -1,0 +1,78 @@
+"""Validation during training: dev loss/perplexity, and dev BLEU/chrF from greedy decoding.
+
+The hypotheses come from translate.translate_lines and the scores from evaluate.score, the
+same functions `mtkit translate` and `mtkit evaluate` use, so the BLEU logged for best.pt is the
+BLEU `mtkit evaluate best.pt --greedy` reproduces. It does not decide what to save (train.py does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import Any
+
+from mtkit.config import Config
+
+
+class Validator:
+    """Holds the dev set, batched once, and scores a model on it."""
+
+    def __init__(self, valid_ds, tokenizer, cfg: Config, device: str):
+        from mtkit.batching import TokenBatchSampler
+        from mtkit.data import make_batch
+
+        n = cfg.train.valid_max_sentences
+        if n is not None and n < len(valid_ds):
+            valid_ds = valid_ds.select(range(n))
+        self.tokenizer, self.device = tokenizer, device
+        self.label_smoothing = cfg.train.label_smoothing
+        self.src_texts: list[str] = list(valid_ds["src"])
+        self.ref_texts: list[str] = list(valid_ds["tgt"])
+        # Validation BLEU is greedy (cheap and stable); `mtkit evaluate --greedy` reproduces it.
+        self.decode = replace(cfg.decode, beam_size=1, nbest=1)
+        src_ids, tgt_ids = valid_ds["src_ids"], valid_ds["tgt_ids"]
+        sampler = TokenBatchSampler([len(x) for x in src_ids], [len(x) for x in tgt_ids],
+                                    cfg.train.batch_tokens, seed=0, shuffle=False)
+        # Pairs with an empty side carry no signal for the loss; they still count for BLEU.
+        self.loss_batches = []
+        for idx in sampler.epoch_batches(0):
+            pairs = [(src_ids[i], tgt_ids[i]) for i in idx if src_ids[i] and tgt_ids[i]]
+            if pairs:
+                self.loss_batches.append(make_batch([s for s, _ in pairs], [t for _, t in pairs]))
+
+    def run(self, model) -> dict[str, Any]:
+        """Score `model` (left in eval mode): valid_loss, valid_nll, valid_ppl, bleu, chrf."""
+        import torch
+        import torch.nn.functional as F
+
+        from mtkit.evaluate import score
+        from mtkit.tokenizer import PAD_ID
+        from mtkit.translate import translate_lines
+
+        t0 = time.monotonic()
+        model.eval()
+        loss_sum = nll_sum = 0.0
+        tokens = 0
+        with torch.inference_mode():
+            for b in self.loss_batches:
+                logits = model(b["src"].to(self.device), b["tgt_in"].to(self.device)).float()
+                logits = logits.view(-1, logits.size(-1))
+                target = b["tgt_out"].to(self.device).view(-1)
+                loss_sum += float(F.cross_entropy(logits, target, ignore_index=PAD_ID,
+                                                  label_smoothing=self.label_smoothing, reduction="sum"))
+                nll_sum += float(F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum"))
+                tokens += int((target != PAD_ID).sum())
+        hyps = [ts[0].text for ts in translate_lines(model, self.tokenizer, self.src_texts, self.decode, self.device)]
+        scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
+        tokens = max(tokens, 1)
+        return {
+            "valid_loss": loss_sum / tokens,
+            "valid_nll": nll_sum / tokens,
+            "valid_ppl": math.exp(min(nll_sum / tokens, 50.0)),
+            "bleu": scores["bleu"],
+            "chrf": scores["chrf"],
+            "signature": scores["signature"]["bleu"],
+            "hyps": hyps,
+            "seconds": time.monotonic() - t0,
+        }
