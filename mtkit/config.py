@@ -309,6 +309,8 @@ def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bo
             return False, None
         return True, value
     if tp is float:
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
+            value = float(value)  # YAML 1.1 reads 1e-9 (no dot) as a string; it is plainly a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{path}: expected a number (got {show(value)})")
             return False, None

@@ -21,21 +21,32 @@ LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 
 
 def setup_logging(verbosity: int = 0) -> None:
-    """Send mtkit's log to stderr at the level given by -v/-q (idempotent)."""
-    log.setLevel(LEVELS.get(max(-1, min(1, verbosity)), logging.INFO))
+    """Send mtkit's log to stderr at the level given by -v/-q (idempotent).
+
+    The logger itself passes everything; each handler filters, so train.log keeps INFO lines even
+    under -q. Without this call (mtkit used as a library) only warnings reach stderr.
+    """
+    log.setLevel(logging.DEBUG)
     log.propagate = False
-    if not any(getattr(h, "_mtkit_stderr", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._mtkit_stderr = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
+    level = LEVELS.get(max(-1, min(1, verbosity)), logging.INFO)
+    for h in log.handlers:
+        if getattr(h, "_mtkit_stderr", False):
+            h.setLevel(level)
+            return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(level)
+    handler._mtkit_stderr = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
 
 
 def add_log_file(path: Path) -> logging.Handler:
     """Also append the log, with timestamps, to `path` (returned so the caller can remove it)."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    handler.setLevel(logging.DEBUG)
+    handler.setLevel(logging.INFO)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)  # library use without setup_logging: the file still gets INFO
     log.addHandler(handler)
     return handler
 

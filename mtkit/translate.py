@@ -133,7 +133,8 @@ def format_output(translations: list[list[Translation]], first_index: int, nbest
 
 
 def translate_file(model, tokenizer, decode: DecodeConfig, input_path: Path | None, output_path: Path | None,
-                   device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+                   device: str = "cpu", progress: bool | None = None,
+                   chunk_lines: int = CHUNK_LINES) -> dict[str, Any]:
     """Translate a file (or stdin) into a file (or stdout), chunk by chunk.
 
     Output to a file goes to `.name.partial` first and is renamed only when complete, so an
@@ -157,7 +158,7 @@ def translate_file(model, tokenizer, decode: DecodeConfig, input_path: Path | No
         bar = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True)
     lines_done = 0
     try:
-        for first, chunk in read_chunks(instream, name):
+        for first, chunk in read_chunks(instream, name, chunk_lines):
             translations = translate_lines(model, tokenizer, chunk, decode, device, first_line_no=first)
             outstream.write(format_output(translations, first - 1, decode.nbest))
             outstream.flush()

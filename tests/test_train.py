@@ -1,0 +1,185 @@
+"""Training: schedule, loss, artifacts, exact resume, refusals, NaN and signal handling."""
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtkit.checkpoint import load_checkpoint
+from mtkit.config import load_config
+from mtkit.errors import TrainingError
+from mtkit.schedule import inverse_sqrt_lr
+from mtkit.train import Interrupted, train
+from tests.tinyrun import tiny_config, tiny_overrides
+
+
+def test_inverse_sqrt_schedule_shape():
+    lr, w = 1e-3, 100
+    assert inverse_sqrt_lr(1, lr, w) == pytest.approx(lr / 100)
+    assert inverse_sqrt_lr(50, lr, w) == pytest.approx(lr / 2)  # linear warmup
+    assert inverse_sqrt_lr(100, lr, w) == pytest.approx(lr)  # peak at warmup_steps
+    assert inverse_sqrt_lr(400, lr, w) == pytest.approx(lr / 2)  # lr * sqrt(100 / 400)
+    rates = [inverse_sqrt_lr(s, lr, w) for s in range(1, 1000)]
+    assert max(rates) == pytest.approx(lr) and rates.index(max(rates)) == 99
+    assert all(a < b for a, b in zip(rates[:99], rates[1:100]))  # rising during warmup
+    assert all(a >= b for a, b in zip(rates[99:], rates[100:]))  # then never rising
+    assert inverse_sqrt_lr(4, lr, 0) == pytest.approx(lr / 2)  # no warmup: lr / sqrt(step)
+
+
+def test_label_smoothed_loss_matches_hand_computation():
+    # Two real target tokens and one pad, vocabulary of 4, epsilon 0.1.
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4], [9.0, 9.0, 9.0, 9.0]])
+    target = torch.tensor([0, 3, -100])  # -100: padding, ignored
+    eps, V = 0.1, 4
+    total = 0.0
+    for row, t in ((0, 0), (1, 3)):
+        logp = [x - math.log(sum(math.exp(y) for y in logits[row].tolist())) for x in logits[row].tolist()]
+        # (1 - eps) on the true class plus eps spread uniformly over all V classes (as PyTorch does)
+        total += -((1 - eps) * logp[t] + eps / V * sum(logp))
+    got = F.cross_entropy(logits, target, label_smoothing=eps, reduction="sum")
+    assert float(got) == pytest.approx(total, rel=1e-6)
+
+
+def test_training_writes_every_artifact(tmp_path):
+    cfg = tiny_config(tmp_path)
+    summary = train(cfg)
+    run = tmp_path / "run"
+    assert summary["step"] == 20
+    for name in ("last.pt", "best.pt", "config.yaml", "train.log", "metrics.jsonl", "tokenizer/spm.model"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in run.glob("step-*.pt")) == ["step-10.pt", "step-20.pt"]
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trains = [e for e in events if e["event"] == "train"]
+    valids = [e for e in events if e["event"] == "valid"]
+    assert [e["step"] for e in trains] == [5, 10, 15, 20]
+    for e in trains:
+        assert {"step", "loss", "lr", "tokens_per_s", "elapsed_s"} <= set(e)
+        assert e["tokens_per_s"] > 0 and math.isfinite(e["loss"])
+    assert [e["step"] for e in valids] == [10, 20]
+    for e in valids:
+        assert {"step", "valid_loss", "bleu", "chrf"} <= set(e)
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 20 and state["config"]["model"]["d_model"] == 32
+    assert set(state["tokenizer"]) == {"src"}  # joint vocabulary: one model
+    assert "optimizer" in state and "rng" in state and "data" in state
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """A run stopped at step 10 and resumed ends with exactly the weights of one that never stopped."""
+    train(tiny_config(tmp_path, "straight"))
+    train(tiny_config(tmp_path, "stopped", ["train.max_steps=10"]))
+    summary = train(tiny_config(tmp_path, "stopped"))  # max_steps 20: resumes at 10
+    assert summary["step"] == 20
+    a, b = _weights(tmp_path / "straight/last.pt"), _weights(tmp_path / "stopped/last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (tmp_path / "stopped/train.log").read_text()
+    assert "resumed from" in log
+
+
+def test_finished_run_does_nothing_more(tmp_path):
+    train(tiny_config(tmp_path))
+    before = _weights(tmp_path / "run/last.pt")
+    assert train(tiny_config(tmp_path))["step"] == 20
+    after = _weights(tmp_path / "run/last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_changed_config_is_refused_unless_overwrite(tmp_path):
+    train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
+    with pytest.raises(TrainingError) as e:
+        train(tiny_config(tmp_path, extra=["model.d_ff=128"]))
+    assert "model.d_ff: saved 64, given 128" in str(e.value) and "--overwrite" in str(e.value)
+    summary = train(tiny_config(tmp_path, extra=["model.d_ff=128", "train.max_steps=10"]), overwrite=True)
+    assert summary["step"] == 10
+    assert load_checkpoint(tmp_path / "run/last.pt")["config"]["model"]["d_ff"] == 128
+
+
+def test_init_from_fine_tunes(tmp_path):
+    train(tiny_config(tmp_path, "parent", ["train.max_steps=10"]))
+    parent = _weights(tmp_path / "parent/last.pt")
+    cfg = tiny_config(tmp_path, "child", ["train.max_steps=1", "train.eval_every=100", "train.lr=1e-9"])
+    train(cfg, init_from=str(tmp_path / "parent/last.pt"))
+    child = _weights(tmp_path / "child/last.pt")
+    # one update at a tiny learning rate: the weights stay (almost) the parent's
+    assert all(torch.allclose(parent[k], child[k], atol=1e-5) for k in parent)
+
+
+def test_nan_loss_is_skipped_then_stops(tmp_path, monkeypatch):
+    from mtkit import model as model_mod
+
+    real_forward = model_mod.Transformer.forward
+    calls = {"n": 0}
+
+    def poisoned(self, src, tgt_in):
+        calls["n"] += 1
+        out = real_forward(self, src, tgt_in)
+        return out * float("nan") if calls["n"] > 12 else out
+
+    monkeypatch.setattr(model_mod.Transformer, "forward", poisoned)
+    with pytest.raises(TrainingError, match="NaN/inf"):
+        train(tiny_config(tmp_path, extra=["train.max_bad_steps=3"]))
+    state = load_checkpoint(tmp_path / "run/last.pt")  # the step-10 save, from before the NaNs
+    assert state["step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_sigint_saves_and_resume_works(tmp_path, monkeypatch):
+    import mtkit.train as train_mod
+
+    real = train_mod.log_train
+
+    def log_and_interrupt(metrics, progress, *args):
+        real(metrics, progress, *args)
+        if progress.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_mod, "log_train", log_and_interrupt)
+    with pytest.raises(Interrupted) as e:
+        train(tiny_config(tmp_path))
+    assert e.value.exit_code == 130
+    assert load_checkpoint(tmp_path / "run/last.pt")["step"] == 5
+    monkeypatch.setattr(train_mod, "log_train", real)
+    assert train(tiny_config(tmp_path))["step"] == 20
+
+
+def test_max_epochs_budget(tmp_path):
+    cfg = tiny_config(tmp_path, extra=["train.max_steps=null", "train.max_epochs=1"])
+    summary = train(cfg)
+    assert "max_epochs" in summary["reason"]
+    assert 0 < summary["step"] < 20
+
+
+@pytest.mark.slow
+def test_tiny_reverse_config_learns_the_task(tmp_path):
+    """configs/tiny-reverse.yaml reaches >= 95% exact match on held-out sentences within its budget."""
+    from mtkit.synthetic import write_task
+    from mtkit.translate import load_model, translate_lines
+
+    data = tmp_path / "data"
+    write_task(data, task="reverse", train=20_000, dev=200, test=200, seed=1)
+    cfg = load_config("configs/tiny-reverse.yaml", [
+        f"run_dir={tmp_path / 'run'}",
+        f"data.train.src={data / 'train.src'}", f"data.train.tgt={data / 'train.tgt'}",
+        f"data.valid.src={data / 'dev.src'}", f"data.valid.tgt={data / 'dev.tgt'}",
+    ])
+    train(cfg)
+    model, tok, saved = load_model(tmp_path / "run", "cpu")
+    src = (data / "test.src").read_text().splitlines()
+    ref = (data / "test.tgt").read_text().splitlines()
+    hyps = [t[0].text for t in translate_lines(model, tok, src, saved.decode)]
+    exact = sum(h == r for h, r in zip(hyps, ref)) / len(ref)
+    assert exact >= 0.95, f"exact match {exact:.3f}"
+
+
+def test_overrides_helper_is_consistent(tmp_path):
+    assert any(o.startswith("run_dir=") for o in tiny_overrides(tmp_path))

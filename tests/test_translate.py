@@ -1,0 +1,131 @@
+"""Translation never loses, adds or reorders a line; validation BLEU equals evaluate's BLEU."""
+
+import json
+
+import pytest
+
+from mtkit.errors import DataError
+from mtkit.train import train
+from mtkit.translate import decode_settings, load_model, read_chunks, translate_file, translate_lines
+from tests.tinyrun import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tr")
+    cfg = tiny_config(root, extra=["train.max_steps=30", "train.eval_every=15"])
+    train(cfg)
+    model, tok, saved = load_model(root / "run", "cpu")
+    return root, model, tok, saved
+
+
+def test_one_output_line_per_input_line_in_order(trained, tmp_path):
+    root, model, tok, cfg = trained
+    src = (root / "data/dev.src").read_text().splitlines()[:12]
+    lines = [src[0], "", "   ", src[1], "x " * 3000, src[2], "ka\u2028ne\x0bbo\x1cdi", src[3]] + src[4:]
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(lines), encoding="utf-8")  # no final newline: the last line still counts
+    out = tmp_path / "out.txt"
+    decode = decode_settings(cfg.decode, greedy=True, batch_tokens=64)
+    translate_file(model, tok, decode, inp, out)
+    got = out.read_bytes().decode("utf-8").split("\n")
+    assert got[-1] == "" and len(got) - 1 == len(lines)
+    got = got[:-1]
+    assert got[1] == "" and got[2] == ""  # empty and blank lines stay empty
+    assert got[4] == ""  # too long to translate: empty, with a warning
+    # every line equals its translation alone: nothing shifted, sorting undone
+    for i, line in enumerate(lines):
+        if i in (1, 2, 4):
+            continue
+        alone = translate_lines(model, tok, [line], decode)[0][0].text
+        assert got[i] == alone, i
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_nbest_format(trained, tmp_path):
+    root, model, tok, cfg = trained
+    inp = tmp_path / "in.txt"
+    inp.write_text("ba de fi\n\nko lu\n")
+    out = tmp_path / "out.txt"
+    translate_file(model, tok, decode_settings(cfg.decode, beam=3, nbest=2), inp, out)
+    rows = [line.split(" ||| ") for line in out.read_text().splitlines()]
+    assert [r[0] for r in rows] == ["0", "0", "1", "1", "2", "2"]
+    assert all(len(r) == 3 and float(r[2]) <= 0.0 for r in rows)
+    assert float(rows[0][2]) >= float(rows[1][2])
+
+
+def test_empty_input_gives_empty_output(trained, tmp_path):
+    _, model, tok, cfg = trained
+    inp, out = tmp_path / "empty.txt", tmp_path / "out.txt"
+    inp.write_bytes(b"")
+    translate_file(model, tok, cfg.decode, inp, out)
+    assert out.exists() and out.read_bytes() == b""
+
+
+@pytest.mark.parametrize("data,what", [(b"ok\nbad \xff line\n", "line 2: invalid UTF-8"),
+                                       (b"ok\nfine\nnul\x00here\n", "line 3: NUL byte")])
+def test_bad_input_names_the_line_and_leaves_no_output(trained, tmp_path, data, what):
+    _, model, tok, cfg = trained
+    inp, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    inp.write_bytes(data)
+    with pytest.raises(DataError, match=what):
+        translate_file(model, tok, cfg.decode, inp, out)
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_killed_job_leaves_previous_output_and_rerun_completes(trained, tmp_path, monkeypatch):
+    import mtkit.translate as tr
+
+    _, model, tok, cfg = trained
+    inp, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    inp.write_text("".join(f"ba de {i % 7}\n" for i in range(50)))
+    out.write_text("an older complete output\n")
+    real = tr.translate_lines
+    calls = {"n": 0}
+
+    def dies_on_second_chunk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "translate_lines", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(model, tok, cfg.decode, inp, out, chunk_lines=20)
+    assert out.read_text() == "an older complete output\n"  # untouched, and no partial file posing as done
+    assert not list(tmp_path.glob(".*partial"))
+    monkeypatch.setattr(tr, "translate_lines", real)
+    translate_file(model, tok, cfg.decode, inp, out)
+    assert len(out.read_text().splitlines()) == 50
+
+
+def test_read_chunks_splits_on_newline_only():
+    import io
+
+    data = "a\u2028b\nc\x0bd\r\ne\x1c\n".encode()
+    chunks = list(read_chunks(io.BytesIO(data), "x", chunk_lines=2))
+    assert chunks == [(1, ["a\u2028b", "c\x0bd"]), (3, ["e\x1c"])]
+
+
+def test_validation_bleu_equals_evaluate_bleu(trained):
+    """The dev BLEU logged for best.pt is what `mtkit evaluate best.pt --greedy` reports."""
+    from typer.testing import CliRunner
+
+    from mtkit.cli import app
+
+    root, *_ = trained
+    events = [json.loads(x) for x in (root / "run/metrics.jsonl").read_text().splitlines()]
+    valids = [e for e in events if e["event"] == "valid"]
+    best = max(valids, key=lambda e: e["bleu"])
+    # the tiny config validates on the first 20 dev pairs
+    dev_src, dev_ref = root / "dev20.src", root / "dev20.tgt"
+    dev_src.write_text("".join(x + "\n" for x in (root / "data/dev.src").read_text().splitlines()[:20]))
+    dev_ref.write_text("".join(x + "\n" for x in (root / "data/dev.tgt").read_text().splitlines()[:20]))
+    result = CliRunner().invoke(app, ["evaluate", str(root / "run/best.pt"), "--src", str(dev_src),
+                                      "--ref", str(dev_ref), "--greedy", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["bleu"] == pytest.approx(best["bleu"], abs=1e-9)
+    assert scores["chrf"] == pytest.approx(best["chrf"], abs=1e-9)
+    assert {"bleu", "chrf", "ter", "signature"} <= set(scores)
+    assert scores["signature"]["bleu"].startswith("nrefs:1|")
