@@ -1,0 +1,406 @@
+"""The Transformer of Vaswani et al. (2017): embeddings, encoder, decoder and a KV cache for search.
+
+Builds the network from a ModelConfig and computes logits: teacher-forced `forward` for training,
+`encode` + `start_cache` + `decode_step` for incremental decoding. It does not compute the loss,
+search for translations, tokenize, or save and load checkpoints (train.py, search.py,
+tokenizer.py and checkpoint.py do).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtkit.config import ModelConfig
+from mtkit.errors import ConfigError
+
+PAD_ID = 0  # padding id unless the tokenizer says otherwise (passed as Transformer(pad_id=...))
+INITIAL_POSITIONS = 1024  # rows of the sinusoid table built up front; a longer input extends it
+INITIAL_CACHE = 16  # decoder self-attention cache slots allocated up front; doubled when full
+
+
+def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None) -> Tensor:
+    """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same angle).
+
+    Returns the (length, D) table for positions 0 .. length-1 (any length) in `dtype` (default:
+    torch's default dtype) on `device`.
+    """
+    # Computed in float64 on the CPU (it is built rarely): pos * frequency stays exact enough that
+    # positions in the thousands match the formula to float32 precision.
+    pos = torch.arange(length, dtype=torch.float64)[:, None]  # (L, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(D/2),)
+    angle = pos / 10000.0 ** (two_i / d_model)  # (L, ceil(D/2))
+    pe = torch.empty(length, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return pe.to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention written out (section 3.2.1, eq. 1), returning the weights too.
+
+    The plain, slow path: for inspecting attention and for testing the fused
+    `F.scaled_dot_product_attention` the model runs. A row that may attend to nothing gives NaN.
+
+    Args:
+        q: (B, H, Tq, d_k) queries.
+        k: (B, H, Tk, d_k) keys.
+        v: (B, H, Tk, d_v) values.
+        attend_mask: bool, broadcastable to (B, H, Tq, Tk); True = the query may attend to the key.
+    Returns:
+        output (B, H, Tq, d_v) and weights (B, H, Tq, Tk), each row summing to 1.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if attend_mask is not None:
+        scores = scores.masked_fill(~attend_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)  # (B, H, Tq, Tk)
+    return weights @ v, weights
+
+
+def attend_mask_from_padding(pad_mask: Tensor) -> Tensor:
+    """(B, L) True = padding -> (B, 1, 1, L) True = the key may be attended (SDPA's convention)."""
+    return ~pad_mask[:, None, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (section 3.2.2): `heads` heads of d_k = d_model / heads, then W^O.
+
+    The per-head projections W_i^Q, W_i^K, W_i^V (d_model -> d_k each) are packed into one
+    d_model -> d_model matrix per role, so all heads are projected by one matmul and no Python
+    loop runs over heads. As in the paper's equations the projections have no bias.
+    """
+
+    def __init__(self, d_model: int, heads: int, attention_dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.d_k = heads, d_model // heads
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_k = nn.Linear(d_model, d_model, bias=False)
+        self.w_v = nn.Linear(d_model, d_model, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+        # NOTE (differs from paper): dropout on the attention weights is not in the paper;
+        # attention_dropout: 0 (the default) keeps the paper's model.
+        self.attention_dropout = attention_dropout
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, H, L, d_k), a view."""
+        B, L, _ = x.shape
+        return x.view(B, L, self.heads, self.d_k).transpose(1, 2)
+
+    def forward(self, query: Tensor, key_value: Tensor, attend_mask: Tensor | None = None,
+                is_causal: bool = False) -> Tensor:
+        """`query` (B, Tq, D) attends to `key_value` (B, Tk, D) -> (B, Tq, D). `attend_mask`: bool,
+        broadcastable to (B, H, Tq, Tk), True = may attend; `is_causal`: query i sees keys 0..i."""
+        q = self.split_heads(self.w_q(query))  # (B, H, Tq, d_k)
+        k = self.split_heads(self.w_k(key_value))  # (B, H, Tk, d_k)
+        v = self.split_heads(self.w_v(key_value))  # (B, H, Tk, d_k)
+        return self.attend(q, k, v, attend_mask, is_causal)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None = None,
+               is_causal: bool = False) -> Tensor:
+        """Projected q (B, H, Tq, d_k), k, v (B, H, Tk, d_k) -> Concat(heads) W^O (B, Tq, D)."""
+        # The fused kernel (flash attention on CPU and GPU) computes softmax(QK^T/sqrt(d_k))V in
+        # blocks without materialising the (Tq, Tk) weights, and with is_causal skips the blocks
+        # above the diagonal; reference_attention is the plain version.
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend_mask, is_causal=is_causal,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )  # (B, H, Tq, d_k)
+        B, _, Tq, _ = out.shape
+        return self.w_o(out.transpose(1, 2).reshape(B, Tq, -1))  # Concat(head_1..head_h) W^O
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network (section 3.3, eq. 2): max(0, x W_1 + b_1) W_2 + b_2."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        return self.w_2(F.relu(self.w_1(x)))
+
+
+class Residual(nn.Module):
+    """Residual connection, dropout and LayerNorm around one sub-layer (sections 3.1 and 5.4).
+
+    norm_first false (paper, post-norm): LayerNorm(x + Dropout(Sublayer(x))).
+    norm_first true (pre-norm): x + Dropout(Sublayer(LayerNorm(x))).
+    """
+
+    def __init__(self, d_model: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.norm_first:
+            # NOTE (differs from paper): pre-norm keeps an un-normalised residual path, which trains
+            # stably without long warmup (Xiong et al. 2020); norm_first: false is the paper's.
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Section 3.1: self-attention over the source, then the FFN, each wrapped by Residual."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.self_attn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.ffn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
+
+    def forward(self, x: Tensor, src_attend_mask: Tensor) -> Tensor:
+        """x (B, S, D), src_attend_mask (B, 1, 1, S) True = real source token -> (B, S, D)."""
+        x = self.self_attn_residual(x, lambda h: self.self_attn(h, h, src_attend_mask))
+        return self.ffn_residual(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    """Section 3.1: masked self-attention, encoder-decoder attention, then the FFN."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.self_attn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.cross_attn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.ffn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
+
+    def forward(self, y: Tensor, memory: Tensor, src_attend_mask: Tensor) -> Tensor:
+        """y (B, T, D) right-padded, memory (B, S, D), src_attend_mask (B, 1, 1, S) -> (B, T, D)."""
+        # Masked self-attention (section 3.2.3) via is_causal, with no target padding mask: targets
+        # are right-padded, so the keys a real position t may see (0..t) are all real tokens, and
+        # outputs at pad positions are ignored by the loss. is_causal also lets the fused kernel
+        # skip the blocks above the diagonal instead of reading a (T, T) mask.
+        y = self.self_attn_residual(y, lambda h: self.self_attn(h, h, is_causal=True))
+        y = self.cross_attn_residual(y, lambda h: self.cross_attn(h, memory, src_attend_mask))
+        return self.ffn_residual(y, self.ffn)
+
+    def step(self, y: Tensor, self_kv: Tensor, t: int, cross_kv: Tensor, src_attend_mask: Tensor
+             ) -> Tensor:
+        """One new position t per row, y (B, 1, D) -> (B, 1, D). Writes its self-attention key and
+        value into slot t of `self_kv` (2, B, H, capacity, d_k); `cross_kv` is (2, B, H, S, d_k)."""
+        sa, ca = self.self_attn, self.cross_attn
+
+        def self_attend(h: Tensor) -> Tensor:  # h (B, 1, D)
+            self_kv[0, :, :, t] = sa.w_k(h).view(-1, sa.heads, sa.d_k)  # (B, H, d_k) into slot t
+            self_kv[1, :, :, t] = sa.w_v(h).view(-1, sa.heads, sa.d_k)
+            # No mask: the cache holds positions 0..t only, exactly what causality allows.
+            q = sa.split_heads(sa.w_q(h))  # (B, H, 1, d_k)
+            return sa.attend(q, self_kv[0, :, :, : t + 1], self_kv[1, :, :, : t + 1])
+
+        y = self.self_attn_residual(y, self_attend)
+        y = self.cross_attn_residual(
+            y, lambda h: ca.attend(ca.split_heads(ca.w_q(h)), cross_kv[0], cross_kv[1], src_attend_mask)
+        )
+        return self.ffn_residual(y, self.ffn)
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer (section 3) with embeddings and the pre-softmax linear.
+
+    Args:
+        cfg: the `model` section of the config.
+        src_vocab_size, tgt_vocab_size: vocabulary sizes (equal when cfg.tie_embeddings).
+        pad_id: the padding token id; source positions holding it are never attended to.
+    Raises:
+        ConfigError: tie_embeddings with different source and target vocabulary sizes.
+    """
+
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = PAD_ID):
+        super().__init__()
+        if cfg.tie_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ConfigError(
+                f"model.tie_embeddings: true needs one shared vocabulary, but the source has"
+                f" {src_vocab_size} pieces and the target {tgt_vocab_size}; set tokenizer.joint: true"
+                " or model.tie_embeddings: false"
+            )
+        self.cfg, self.pad_id = cfg, pad_id
+        D = cfg.d_model
+        self.src_embed = nn.Embedding(src_vocab_size, D)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, D)
+        self.dropout = nn.Dropout(cfg.dropout)  # on embeddings + positions (section 5.4)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        # NOTE (differs from paper): pre-norm leaves each stack's output un-normalised, so it needs a
+        # final LayerNorm; the paper's post-norm already ends in one (Identity here).
+        self.encoder_norm = nn.LayerNorm(D) if cfg.norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(D) if cfg.norm_first else nn.Identity()
+        self.output = nn.Linear(D, tgt_vocab_size, bias=False)  # pre-softmax linear (softmax: loss/search)
+        # Non-persistent: the table is a pure function of (length, D), so it is not saved in
+        # checkpoints, and `embed` rebuilds it longer when a longer input arrives.
+        self.register_buffer("positions", sinusoidal_positions(INITIAL_POSITIONS, D), persistent=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            # Section 3.4 (the paper's choice): one weight matrix for both embeddings and the
+            # pre-softmax linear. NOTE (differs from paper): tie_embeddings: false, three matrices.
+            self.tgt_embed.weight = self.src_embed.weight
+            self.output.weight = self.src_embed.weight
+
+    def reset_parameters(self) -> None:
+        """Embeddings ~ N(0, d_model^-0.5), so scaled by sqrt(d_model) they have unit variance; every
+        Linear Xavier-uniform with zero bias. The paper does not state its initialisation; these are
+        tensor2tensor's and fairseq's choices."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+
+    def embed(self, tokens: Tensor, table: nn.Embedding, start: int = 0) -> Tensor:
+        """tokens (B, L) at positions start .. start+L-1 -> (B, L, D): table(tokens) * sqrt(D) + PE,
+        then dropout (sections 3.4, 3.5, 5.4)."""
+        end = start + tokens.size(1)
+        if end > self.positions.size(0):  # no maximum length: extend the table (doubling, so rarely)
+            self.positions = sinusoidal_positions(max(end, 2 * self.positions.size(0)), self.cfg.d_model,
+                                                  self.positions.device, self.positions.dtype)
+        return self.dropout(table(tokens) * math.sqrt(self.cfg.d_model) + self.positions[start:end])
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder stack (section 3.1): src (B, S) ids padded with pad_id -> memory (B, S, D) and
+        src_pad_mask (B, S), True = padding."""
+        src_pad_mask = src.eq(self.pad_id)  # (B, S) True = padding
+        src_attend_mask = attend_mask_from_padding(src_pad_mask)  # (B, 1, 1, S) True = may attend
+        x = self.embed(src, self.src_embed)  # (B, S, D)
+        for layer in self.encoder_layers:
+            x = layer(x, src_attend_mask)
+        return self.encoder_norm(x), src_pad_mask
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced training pass.
+
+        Args:
+            src: (B, S) source ids, padded with pad_id.
+            tgt_in: (B, T) target ids shifted right (starting with BOS), right-padded with pad_id.
+        Returns:
+            logits (B, T, V); outputs at target pad positions are meaningless (the loss skips them).
+        """
+        memory, src_pad_mask = self.encode(src)  # (B, S, D), (B, S)
+        src_attend_mask = attend_mask_from_padding(src_pad_mask)  # (B, 1, 1, S)
+        y = self.embed(tgt_in, self.tgt_embed)  # (B, T, D)
+        for layer in self.decoder_layers:
+            y = layer(y, memory, src_attend_mask)
+        return self.output(self.decoder_norm(y))  # (B, T, V)
+
+    def start_cache(self, memory: Tensor, src_pad_mask: Tensor) -> DecoderCache:
+        """Start incremental decoding of B rows from `encode`'s memory (B, S, D) and mask (B, S).
+
+        The encoder-decoder keys and values (section 3.2.3) depend on the memory only, so they are
+        computed here once for every layer and step, as one matmul with every layer's W^K and W^V
+        stacked (D -> L*2*D) instead of 2L small ones.
+        """
+        B, S, D = memory.shape
+        H, d_k, L = self.cfg.heads, D // self.cfg.heads, len(self.decoder_layers)
+        w_kv = torch.cat([w for layer in self.decoder_layers  # (L*2*D, D)
+                          for w in (layer.cross_attn.w_k.weight, layer.cross_attn.w_v.weight)])
+        cross_kv = F.linear(memory, w_kv).view(B, S, L, 2, H, d_k)  # (B, S, L, 2, H, d_k)
+        # Contiguous (L, 2, B, H, S, d_k): each layer's K and V are then plain (B, H, S, d_k) tensors.
+        return DecoderCache(cross_kv.permute(2, 3, 0, 4, 1, 5).contiguous(), src_pad_mask)
+
+    def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Run the decoder on one new token per row, at position `cache.length`, and advance the cache.
+
+        For inference (under torch.inference_mode or no_grad): the cache is written in place. In eval
+        mode the logits equal `forward`'s at that position.
+
+        Args:
+            tokens: (B,) the newest token of each row (BOS at the first step).
+            cache: from `start_cache`, advanced by earlier steps.
+        Returns:
+            logits (B, V) for the next token.
+        """
+        t = cache.length
+        cache.reserve(t + 1)
+        y = self.embed(tokens[:, None], self.tgt_embed, start=t)  # (B, 1, D)
+        for i, layer in enumerate(self.decoder_layers):
+            y = layer.step(y, cache.self_kv[i], t, cache.cross_kv[i], cache.src_attend_mask)
+        cache.length = t + 1
+        return self.output(self.decoder_norm(y[:, 0]))  # (B, V)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, a tied matrix counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_target_token(self, src_len: int, tgt_len: int) -> float:
+        """Forward+backward model FLOPs per target token, for a pair of S = src_len, T = tgt_len.
+
+        Counts matmuls only (2 FLOPs per multiply-add), backward = 2 x forward (so 6 x params per
+        token, as in Kaplan et al. 2020), attention over the full key length as in PaLM's MFU
+        (causal halving ignored); embeddings, norms, softmax and biases are left out:
+            encoder, per source token:  2 N_e (4 D^2 + 2 D d_ff) + N_e 4 S D
+            decoder, per target token:  2 N_d (6 D^2 + 2 D d_ff) + N_d 4 (T + S) D + 2 D V
+            cross-attention W^K, W^V, per source token: 2 N_d 2 D^2
+            total = 3 (S (encoder + cross K/V) + T decoder) / T
+        """
+        c, S, T = self.cfg, src_len, tgt_len
+        D, N_e, N_d, V = c.d_model, c.encoder_layers, c.decoder_layers, self.output.out_features
+        encoder = 2 * N_e * (4 * D * D + 2 * D * c.d_ff) + N_e * 4 * S * D
+        cross_kv = 2 * N_d * 2 * D * D
+        decoder = 2 * N_d * (6 * D * D + 2 * D * c.d_ff) + N_d * 4 * (T + S) * D + 2 * D * V
+        return 3.0 * (S * (encoder + cross_kv) + T * decoder) / T
+
+
+class DecoderCache:
+    """Per-row decoder state for incremental decoding; made by `Transformer.start_cache`.
+
+    Attributes:
+        length: positions decoded so far; the next token goes at position `length`.
+        self_kv: (L, 2, B, H, capacity, d_k) each decoder layer's self-attention keys [0] and
+            values [1]; slots 0..length-1 are filled.
+        cross_kv: (L, 2, B, H, S, d_k) each layer's encoder-decoder keys and values.
+        src_pad_mask: (B, S) True = padding.
+        src_attend_mask: (B, 1, 1, S) True = may attend (not padding).
+    """
+
+    def __init__(self, cross_kv: Tensor, src_pad_mask: Tensor):
+        L, _, B, H, _, d_k = cross_kv.shape
+        self.cross_kv, self.src_pad_mask = cross_kv, src_pad_mask
+        self.src_attend_mask = attend_mask_from_padding(src_pad_mask)
+        # A preallocated buffer written in place: appending with torch.cat would copy all the past
+        # keys every step (O(T^2) copying per sentence); here a step writes one slot and a full
+        # buffer doubles, so copying is O(T) in all.
+        self.self_kv = cross_kv.new_empty(L, 2, B, H, INITIAL_CACHE, d_k)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.src_pad_mask.size(0)
+
+    def reserve(self, length: int) -> None:
+        """Make room for `length` positions, doubling the buffer when it is full."""
+        capacity = self.self_kv.size(4)
+        if length > capacity:
+            L, _, B, H, _, d_k = self.self_kv.shape
+            grown = self.self_kv.new_empty(L, 2, B, H, max(length, 2 * capacity), d_k)
+            grown[:, :, :, :, : self.length] = self.self_kv[:, :, :, :, : self.length]
+            self.self_kv = grown
+
+    def select(self, index: Tensor, *, same_source: bool = False) -> None:
+        """Keep, reorder or duplicate rows (new row i = old row index[i]) of the self-attention cache,
+        the cross-attention keys and values and the source masks. Beam search uses it to expand
+        each sentence to K beams, reorder beams and drop finished sentences.
+
+        Args:
+            index: (B',) long, rows of the current cache.
+            same_source: promise that every new row i and its old row index[i] hold the same source
+                sentence (reordering beams within each sentence); the cross-attention keys, values
+                and masks are then left as they are instead of copied, which saves a copy of
+                L*2*B*S*D numbers per step.
+        """
+        # One index_select over all layers' keys and values; it copies the whole capacity, which
+        # is less than twice the filled part.
+        self.self_kv = self.self_kv.index_select(2, index)
+        if not same_source:
+            self.cross_kv = self.cross_kv.index_select(2, index)
+            self.src_pad_mask = self.src_pad_mask.index_select(0, index)
+            self.src_attend_mask = attend_mask_from_padding(self.src_pad_mask)

@@ -1,0 +1,293 @@
+"""Tests for mtkit.model: shapes, positions, attention, masking, the decoder cache, tying, saving."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from mtkit.config import ModelConfig
+from mtkit.errors import ConfigError
+from mtkit.model import (
+    MultiHeadAttention,
+    Transformer,
+    reference_attention,
+    sinusoidal_positions,
+)
+
+V = 23  # vocabulary size of the tiny models; id 0 is padding
+
+
+def tiny(seed: int = 0, vocab: int = V, **overrides) -> Transformer:
+    """A 16-wide, 2-head, 1+2-layer model in eval mode (no dropout), seeded."""
+    torch.manual_seed(seed)
+    fields = dict(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=2, dropout=0.1)
+    fields.update(overrides)
+    return Transformer(ModelConfig(**fields), vocab, vocab).eval()
+
+
+def tokens(*shape: int, seed: int = 1) -> torch.Tensor:
+    """Random non-pad ids."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, V, shape, generator=g)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
+    return torch.allclose(a, b, atol=atol, rtol=0)
+
+
+# ----------------------------------------------------------------------------- shapes and positions
+
+
+def test_shapes():
+    model = tiny()
+    src, tgt = tokens(3, 5), tokens(3, 7, seed=2)
+    assert model(src, tgt).shape == (3, 7, V)
+    memory, src_pad_mask = model.encode(src)
+    assert memory.shape == (3, 5, 16) and src_pad_mask.shape == (3, 5)
+    assert src_pad_mask.dtype == torch.bool and not src_pad_mask.any()
+    cache = model.start_cache(memory, src_pad_mask)
+    assert cache.length == 0 and cache.batch_size == 3
+    assert model.decode_step(tgt[:, 0], cache).shape == (3, V)
+    assert cache.length == 1
+
+
+def test_sinusoidal_positions_match_the_formula():
+    d_model = 16
+    pe = sinusoidal_positions(60, d_model)
+    assert pe.shape == (60, d_model) and pe.dtype == torch.float32
+    for pos, i in [(0, 0), (1, 0), (7, 3), (59, 7), (33, 5)]:
+        angle = pos / 10000 ** (2 * i / d_model)
+        assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert sinusoidal_positions(4, 5).shape == (4, 5)  # odd widths work too
+
+
+def test_positions_have_no_maximum_length():
+    pe = sinusoidal_positions(5000, 8)
+    angle = 4999 / 10000 ** (2 * 1 / 8)
+    assert pe[4999, 2].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert pe[4999, 3].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+    model, reference = tiny(), tiny()
+    model.positions = model.positions[:4]  # as if only 4 positions had been needed so far
+    src, tgt = tokens(2, 9), tokens(2, 11, seed=2)
+    with torch.no_grad():
+        assert close(model(src, tgt), reference(src, tgt))
+    assert model.positions.size(0) >= 11
+    assert "positions" not in model.state_dict()  # rebuilt, never saved
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_reference_attention_equals_fast_path(masked):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=16, heads=2)
+    query, key_value = torch.randn(3, 4, 16), torch.randn(3, 6, 16)
+    attend_mask = None
+    if masked:  # row b may attend to its first 6 - b keys
+        attend_mask = (torch.arange(6) < torch.tensor([6, 5, 2])[:, None])[:, None, None, :]  # (B, 1, 1, 6)
+    q = mha.split_heads(mha.w_q(query))
+    k, v = mha.split_heads(mha.w_k(key_value)), mha.split_heads(mha.w_v(key_value))
+    out, weights = reference_attention(q, k, v, attend_mask)  # (B, H, 4, d_k), (B, H, 4, 6)
+    assert close(weights.sum(-1), torch.ones(3, 2, 4))
+    if masked:
+        assert (weights[2, :, :, 2:] == 0).all()
+    expected = mha.w_o(out.transpose(1, 2).reshape(3, 4, 16))
+    assert close(mha(query, key_value, attend_mask), expected)
+
+
+def test_reference_attention_causal_mask_equals_is_causal():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=16, heads=2)
+    x = torch.randn(2, 5, 16)
+    causal_attend_mask = torch.ones(5, 5, dtype=torch.bool).tril()  # True = key j <= query i
+    assert close(mha(x, x, is_causal=True), mha(x, x, causal_attend_mask))
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_causality():
+    model = tiny()
+    src, tgt = tokens(2, 5), tokens(2, 8, seed=2)
+    changed = tgt.clone()
+    changed[:, 4:] = tokens(2, 4, seed=3)
+    with torch.no_grad():
+        a, b = model(src, tgt), model(src, changed)
+    assert close(a[:, :4], b[:, :4])
+    assert not close(a[:, 4:], b[:, 4:])
+
+
+def test_source_padding_changes_nothing():
+    model = tiny()
+    src, tgt = tokens(2, 5), tokens(2, 6, seed=2)
+    padded = torch.cat([src, torch.zeros(2, 3, dtype=torch.long)], dim=1)  # (2, 8), 3 pads each
+    with torch.no_grad():
+        assert close(model(src, tgt), model(padded, tgt))
+        memory, src_pad_mask = model.encode(padded)
+        assert close(memory[:, :5], model.encode(src)[0])
+    assert src_pad_mask[:, 5:].all() and not src_pad_mask[:, :5].any()
+
+
+def test_mixed_length_batch_equals_each_sentence_alone():
+    """Source and target right-padding in a batch: real positions match the unpadded sentences."""
+    model = tiny()
+    src, tgt = tokens(2, 7), tokens(2, 6, seed=2)
+    src[1, 4:] = 0  # sentence 1: 4 source tokens, 3 target tokens
+    tgt[1, 3:] = 0
+    with torch.no_grad():
+        batch = model(src, tgt)
+        alone = model(src[1:, :4], tgt[1:, :3])
+        first = model(src[:1], tgt[:1])
+    assert close(batch[1:, :3], alone)
+    assert close(batch[:1], first)
+
+
+# ----------------------------------------------------------------------------- incremental decoding
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_decode_step_equals_forward(norm_first):
+    model = tiny(norm_first=norm_first)
+    src, tgt = tokens(3, 6), tokens(3, 20, seed=2)  # 20 steps: the cache grows past 16 slots
+    src[2, 3:] = 0
+    with torch.no_grad():
+        expected = model(src, tgt)  # (3, 20, V)
+    with torch.inference_mode():
+        cache = model.start_cache(*model.encode(src))
+        steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(20)], dim=1)
+    assert cache.length == 20
+    assert close(steps, expected)
+
+
+def test_cache_select_reorders_duplicates_and_drops_rows():
+    model = tiny()
+    src, tgt = tokens(2, 5), tokens(2, 6, seed=2)
+    src[1, 3:] = 0
+    with torch.no_grad():
+        cache = model.start_cache(*model.encode(src))
+        for t in range(3):
+            model.decode_step(tgt[:, t], cache)
+        cache.select(torch.tensor([1, 0]))  # swap the two rows
+        swapped = model.decode_step(tgt[[1, 0], 3], cache)
+        expected = model(src[[1, 0]], tgt[[1, 0], :4])[:, 3]
+        assert close(swapped, expected)
+        assert cache.src_pad_mask[0, 3:].all()  # row 0 now holds sentence 1
+
+        cache.select(torch.tensor([1, 1, 0]))  # expand sentence 0 to two rows, keep sentence 1
+        order = [0, 0, 1]
+        step = model.decode_step(tgt[order, 4], cache)
+        assert close(step, model(src[order], tgt[order, :5])[:, 4])
+
+        cache.select(torch.tensor([2]))  # drop sentence 0
+        step = model.decode_step(tgt[1:, 5], cache)
+        assert close(step, model(src[1:], tgt[1:])[:, 5])
+
+
+def test_cache_select_same_source_skips_memory():
+    model = tiny()
+    src, tgt = tokens(1, 5), tokens(2, 3, seed=2)
+    with torch.no_grad():
+        cache = model.start_cache(*model.encode(src.expand(2, 5)))  # two beams of one sentence
+        for t in range(2):
+            model.decode_step(tgt[:, t], cache)
+        cross_kv = cache.cross_kv
+        cache.select(torch.tensor([1, 1]), same_source=True)
+        assert cache.cross_kv is cross_kv
+        step = model.decode_step(tgt[[1, 1], 2], cache)
+        assert close(step, model(src.expand(2, 5), tgt[[1, 1]])[:, 2])
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_tied_embeddings_share_one_parameter():
+    model = tiny(tie_embeddings=True)
+    assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
+    untied = tiny(tie_embeddings=False)
+    weights = {id(untied.src_embed.weight), id(untied.tgt_embed.weight), id(untied.output.weight)}
+    assert len(weights) == 3
+    assert untied.num_parameters() - model.num_parameters() == 2 * V * 16
+
+
+def test_tying_different_vocabularies_is_a_config_error():
+    cfg = ModelConfig(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, tie_embeddings=True)
+    with pytest.raises(ConfigError, match="tie_embeddings"):
+        Transformer(cfg, 30, 31)
+    untied = Transformer(ModelConfig(d_model=16, heads=2, tie_embeddings=False), 30, 31)
+    assert untied(tokens(1, 3), tokens(1, 2)).shape == (1, 2, 31)
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=64, heads=2, d_ff=64), 500, 500)
+    assert model.src_embed.weight.std().item() == pytest.approx(64**-0.5, rel=0.05)
+    w = model.encoder_layers[0].ffn.w_1.weight  # Xavier-uniform: U(+-sqrt(6 / (fan_in + fan_out)))
+    assert w.abs().max().item() <= math.sqrt(6 / 128)
+    assert w.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.1)
+
+
+def test_num_parameters_and_flops():
+    model = tiny(tie_embeddings=True)
+    D, F, N_e, N_d = 16, 32, 1, 2
+    linear = N_e * (4 * D * D + 2 * D * F) + N_d * (8 * D * D + 2 * D * F)  # matmul weights
+    biases_and_norms = (N_e + N_d) * (F + D) + (2 * N_e + 3 * N_d) * 2 * D + 2 * 2 * D
+    assert model.num_parameters() == linear + V * D + biases_and_norms
+    # Equal lengths and no attention terms: 6 x (matmul weights + output projection).
+    flops = model.flops_per_target_token(10, 10)
+    attention = 3 * (N_e * 4 * 10 * D + N_d * 4 * 20 * D)
+    assert flops == pytest.approx(6 * (linear + V * D) + attention)
+
+
+def test_state_dict_round_trip():
+    model = tiny(seed=0)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    other = tiny(seed=5)
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert other.src_embed.weight is other.output.weight  # still tied after loading
+    src, tgt = tokens(2, 5), tokens(2, 4, seed=2)
+    with torch.no_grad():
+        assert torch.equal(model(src, tgt), other(src, tgt))
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_norm_first_structure(norm_first):
+    model = tiny(norm_first=norm_first)
+    has_final_norm = isinstance(model.encoder_norm, torch.nn.LayerNorm)
+    assert has_final_norm == norm_first
+    assert isinstance(model.decoder_norm, torch.nn.LayerNorm) == norm_first
+    assert any(k.startswith("encoder_norm.") for k in model.state_dict()) == norm_first
+    assert torch.isfinite(model(tokens(2, 5), tokens(2, 4, seed=2))).all()
+
+
+def test_dropout_only_in_training():
+    model = tiny(dropout=0.3, attention_dropout=0.2)
+    src, tgt = tokens(2, 5), tokens(2, 4, seed=2)
+    model.train()
+    assert not torch.equal(model(src, tgt), model(src, tgt))
+    model.eval()
+    assert torch.equal(model(src, tgt), model(src, tgt))
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_overfits_a_copy_task():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=32, heads=2, d_ff=64, encoder_layers=1, decoder_layers=1,
+                                    dropout=0.0), 12, 12)
+    src = torch.randint(3, 12, (8, 6))  # 0 pad, 1 BOS, 2 EOS
+    tgt_in = torch.cat([torch.ones(8, 1, dtype=torch.long), src], dim=1)  # BOS + copy
+    tgt_out = torch.cat([src, torch.full((8, 1), 2)], dim=1)  # copy + EOS
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
