@@ -122,8 +122,7 @@ def prepare_data(cfg: Config, run: Run):
     from mtkit.data import prepare_eval, prepare_train
 
     cache = run.dir / "cache"
-    train_ds, report = prepare_train(cfg.data, run.tokenizer, cache_dir=cache)
-    log.info("train data: %s", report.format())
+    train_ds, _ = prepare_train(cfg.data, run.tokenizer, cache_dir=cache)  # logs its drop report
     valid_ds = None
     if cfg.data.valid is not None:
         valid_ds = prepare_eval(cfg.data.valid, cfg.data, run.tokenizer, "valid", cache_dir=cache)

@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny synthetic corpora written into tmp_path, and a small tokenizer.
+
+Tests never touch the network or ../shared. The Hugging Face caches point into a temporary folder
+for the whole session (so no test writes into ~/.cache) and datasets runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# German/English sentences with umlauts, ß, punctuation and digits (round trips, tokenizer training).
+DE_EN = [
+    ("Der Bär läuft schnell über die Straße.", "The bear runs quickly across the street."),
+    ("Wir haben 3 Äpfel und 12 Birnen gekauft!", "We bought 3 apples and 12 pears!"),
+    ("Können Sie mir bitte helfen?", "Can you help me, please?"),
+    ("Öffnen Sie das Fenster, es ist heiß.", "Open the window, it is hot."),
+    ("Am 24. Dezember 2023 schneite es in München.", "On 24 December 2023 it snowed in Munich."),
+    ("Grüße aus Köln: „Alles Gute!“", "Greetings from Cologne: \"All the best!\""),
+    ("Das kostet 9,99 € pro Stück (inkl. MwSt.).", "That costs 9.99 € per piece (incl. VAT)."),
+    ("Übung macht den Meister; Fehler sind erlaubt.", "Practice makes perfect; mistakes are allowed."),
+]
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+_SAVED_ENV: dict[str, str | None] = {}
+_CACHE_ROOT: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = tempfile.mkdtemp(prefix="mtkit-tests-hf-")
+    _CACHE_ROOT.append(root)
+    for key, value in {
+        "HF_HOME": root,
+        "HF_DATASETS_CACHE": os.path.join(root, "datasets"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }.items():
+        _SAVED_ENV[key] = os.environ.get(key)
+        os.environ[key] = value
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for key, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for root in _CACHE_ROOT:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def reverse_pairs(n: int, seed: int = 0, min_words: int = 1, max_words: int = 8) -> list[tuple[str, str]]:
+    """n random word sequences paired with their reversal (the reverse task)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+        pairs.append((" ".join(words), " ".join(reversed(words))))
+    return pairs
+
+
+def write_pairs(src: Path, tgt: Path, pairs: list[tuple[str, str]]) -> tuple[Path, Path]:
+    """Write line-aligned plain-text files (UTF-8, "\\n" line ends)."""
+    src.write_text("".join(a + "\n" for a, _ in pairs), encoding="utf-8")
+    tgt.write_text("".join(b + "\n" for _, b in pairs), encoding="utf-8")
+    return src, tgt
+
+
+@pytest.fixture
+def reverse_corpus(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
+    """Factory: `reverse_corpus(n=200, name="train", seed=0)` -> (src, tgt) files in tmp_path."""
+
+    def make(n: int = 200, name: str = "train", seed: int = 0) -> tuple[Path, Path]:
+        return write_pairs(tmp_path / f"{name}.src", tmp_path / f"{name}.tgt", reverse_pairs(n, seed))
+
+    return make
+
+
+@pytest.fixture
+def de_en_files(tmp_path: Path) -> tuple[Path, Path]:
+    """The DE_EN sentences as train.de / train.en in tmp_path."""
+    return write_pairs(tmp_path / "train.de", tmp_path / "train.en", DE_EN)
+
+
+@pytest.fixture(scope="session")
+def de_en_pairs() -> list[tuple[str, str]]:
+    return list(DE_EN)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A joint unigram tokenizer over DE_EN and the reverse-task words (trains in ~0.1 s)."""
+    from mtkit.config import TokenizerConfig
+    from mtkit.tokenizer import train_tokenizer
+
+    extra = [a for a, _ in reverse_pairs(300, seed=99)]
+    src = [a for a, _ in DE_EN] * 5 + extra
+    tgt = [b for _, b in DE_EN] * 5 + extra
+    return train_tokenizer(TokenizerConfig(vocab_size=120), src, tgt)
