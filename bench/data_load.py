@@ -121,7 +121,7 @@ def ensure_tokenizer(args) -> tuple[Path, float | None]:
 
 
 def train_tokenizer_into(tok_dir: Path, data, cfg) -> None:
-    from mtkit.data import load_pairs
+    from mtkit.sources import load_pairs
     from mtkit.tokenizer import train_tokenizer
 
     class Texts:

@@ -85,7 +85,7 @@ def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False):
     """The run dir's tokenizer if it was trained with these settings, else train and save one."""
     import time
 
-    from mtkit.data import load_pairs
+    from mtkit.sources import load_pairs
     from mtkit.tokenizer import Tokenizer, train_tokenizer
 
     tok_dir = run_dir / "tokenizer"

@@ -80,7 +80,7 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
     from mtkit import runsetup
     from mtkit.batching import TokenBatchSampler
     from mtkit.checkpoint import load_checkpoint
-    from mtkit.data import make_batch
+    from mtkit.data import make_batch, token_lengths
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
     from mtkit.validate import Validator
@@ -88,8 +88,7 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
     t = cfg.train
     seed_everything(cfg.seed)
     train_ds, valid_ds = runsetup.prepare_data(cfg, run)
-    src_lens = [len(x) for x in train_ds["src_ids"]]
-    tgt_lens = [len(x) for x in train_ds["tgt_ids"]]
+    src_lens, tgt_lens = token_lengths(train_ds)
     sampler = TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True)
 
     tok = run.tokenizer
