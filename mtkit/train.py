@@ -137,6 +137,7 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
     started = time.monotonic()
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "t0": time.monotonic()}
     bad_steps = 0
+    start_step = progress.step
     batches = iter(sampler)
     reason = ""
     model.train()
@@ -145,8 +146,11 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
             if t.max_steps is not None and progress.step >= t.max_steps:
                 reason = f"reached train.max_steps={t.max_steps}"
                 break
-            if t.max_epochs is not None and sampler.state_dict()["epoch"] >= t.max_epochs:
+            if t.max_epochs is not None and epochs_done(sampler) >= t.max_epochs:
                 reason = f"reached train.max_epochs={t.max_epochs}"
+                break
+            if validator is not None and t.patience and progress.bad_validations >= t.patience:
+                reason = f"early stopping: no better dev BLEU in {t.patience} validations"
                 break
             if time.monotonic() - started >= budget_s:
                 reason = f"reached train.max_time={t.max_time}"
@@ -186,26 +190,19 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
             window["tokens"] += n_tokens
             if progress.step % t.log_every == 0:
                 log_train(metrics, progress, window, lr, started, sampler)
-            if validator is not None and progress.step % t.eval_every == 0:
-                improved = validate_and_track(validator, model, progress, metrics)
+            if progress.step % t.eval_every == 0:
+                improved = validator is not None and validate_and_track(validator, model, progress, metrics)
                 save("best" if improved else "last")
                 model.train()
-                if t.patience and progress.bad_validations >= t.patience:
-                    reason = f"early stopping: no better dev BLEU in {t.patience} validations"
-                    break
-            elif validator is None and progress.step % t.eval_every == 0:
-                save("last")
             if stop.signum is not None:
                 save("last")
                 code = 128 + stop.signum
                 raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {progress.step};"
                                   f" saved {run.dir / 'last.pt'}. Resume with the same `mtkit train` command", code)
-    if progress.step > 0 and (validator is None or progress.step % t.eval_every != 0):
-        if validator is not None:
-            improved = validate_and_track(validator, model, progress, metrics)
-            save("best" if improved else "last")
-        else:
-            save("last")
+    # Save the final state unless nothing was trained in this call or the last update just saved.
+    if progress.step > start_step and progress.step % t.eval_every != 0:
+        improved = validator is not None and validate_and_track(validator, model, progress, metrics)
+        save("best" if improved else "last")
     elapsed = time.monotonic() - started
     log.info("done: %s at step %d after %s; best dev BLEU %.2f; checkpoints in %s",
              reason, progress.step, format_seconds(elapsed), progress.best_bleu, run.dir)
@@ -292,6 +289,12 @@ def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: floa
                   ppl=round(math.exp(min(nll, 50)), 3), lr=lr, tokens_per_s=round(tps, 1),
                   elapsed_s=round(elapsed, 2))
     window.update(loss=0.0, nll=0.0, tokens=0, t0=now)
+
+
+def epochs_done(sampler) -> int:
+    """Complete passes over the training data (an epoch whose last batch was handed out counts)."""
+    state = sampler.state_dict()
+    return state["epoch"] + (state["position"] >= len(sampler))
 
 
 def make_optimizer(model, cfg: Config):

@@ -156,7 +156,18 @@ def test_max_epochs_budget(tmp_path):
     cfg = tiny_config(tmp_path, extra=["train.max_steps=null", "train.max_epochs=1"])
     summary = train(cfg)
     assert "max_epochs" in summary["reason"]
-    assert 0 < summary["step"] < 20
+    events = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert summary["step"] == start["batches_per_epoch"]  # exactly one pass, not one batch more
+
+
+def test_early_stopping_holds_across_resume(tmp_path):
+    cfg = tiny_config(tmp_path, extra=["train.max_steps=60", "train.patience=1", "train.lr=1e-9",
+                                       "train.warmup_steps=0"])
+    first = train(cfg)
+    assert "early stopping" in first["reason"] and first["step"] == 20  # no gain at step 20
+    again = train(cfg)
+    assert "early stopping" in again["reason"] and again["step"] == 20
 
 
 @pytest.mark.slow
