@@ -8,7 +8,7 @@ MTKIT := $(VENV)/bin/mtkit
 TORCH_SPEC ?= torch==2.13.0
 DEMO_TIME ?= 30m
 
-.PHONY: install test test-fast lint data demo bench clean-venv
+.PHONY: install test test-fast lint data demo clean-venv
 
 install:
 	@# Keep a torch the user already has: the venv then sees the system site-packages.
@@ -39,9 +39,6 @@ data:
 
 demo: data
 	bash bench/demo.sh $(DEMO_TIME)
-
-bench:
-	$(PY) bench/quick.py
 
 clean-venv:
 	rm -rf $(VENV)

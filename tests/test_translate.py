@@ -129,3 +129,19 @@ def test_validation_bleu_equals_evaluate_bleu(trained):
     assert scores["chrf"] == pytest.approx(best["chrf"], abs=1e-9)
     assert {"bleu", "chrf", "ter", "signature"} <= set(scores)
     assert scores["signature"]["bleu"].startswith("nrefs:1|")
+
+
+def test_decode_speed_benchmark_runs(trained):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, *_ = trained
+    script = Path(__file__).resolve().parents[1] / "bench/decode_speed.py"
+    r = subprocess.run([sys.executable, str(script), str(root / "run"), "--src", str(root / "data/test.src"),
+                        "--ref", str(root / "data/test.tgt"), "--beams", "1", "2", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [row["beam"] for row in figures["results"]] == [1, 2]
+    assert all(row["sentences_per_s"] > 0 and "bleu" in row for row in figures["results"])

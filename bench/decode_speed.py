@@ -1,0 +1,75 @@
+"""Decoding speed of an mtkit checkpoint: sentences/s and target tokens/s, greedy and beam.
+
+usage: python bench/decode_speed.py MODEL --src data/ding-de-en/test.de [--beams 1 5] [--threads 2]
+                                    [--batch-tokens 4096] [--ref data/ding-de-en/test.en]
+
+Model loading is excluded from the timing; each setting is run once to warm up, then timed.
+Prints the settings and a table, then one JSON line with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--src", required=True, type=Path)
+    ap.add_argument("--ref", type=Path, help="also report BLEU against this reference")
+    ap.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
+    args = ap.parse_args()
+
+    import torch
+
+    from mtkit.evaluate import read_text_lines, score
+    from mtkit.translate import load_model, translate_lines
+
+    torch.set_num_threads(args.threads)
+    model, tok, cfg = load_model(args.model, "cpu")
+    lines = read_text_lines(args.src, "source")[: args.limit]
+    refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
+    rss_loaded = peak_rss_mb()
+    print(f"model {args.model}: {model.num_parameters():,} parameters; {len(lines)} sentences from {args.src};"
+          f" threads {args.threads}; batch_tokens {args.batch_tokens}; torch {torch.__version__}")
+    rows = []
+    for beam in args.beams:
+        decode = replace(cfg.decode, beam_size=beam, nbest=1, batch_tokens=args.batch_tokens)
+        translate_lines(model, tok, lines[:64], decode)  # warm-up
+        t0 = time.perf_counter()
+        out = translate_lines(model, tok, lines, decode)
+        seconds = time.perf_counter() - t0
+        hyps = [ts[0].text for ts in out]
+        tgt_tokens = sum(len(ids) + 1 for ids in tok.encode_tgt(hyps))  # + EOS, as generated
+        row = {"beam": beam, "seconds": round(seconds, 2), "sentences_per_s": round(len(lines) / seconds, 1),
+               "tgt_tokens_per_s": round(tgt_tokens / seconds, 1), "tgt_tokens": tgt_tokens}
+        if refs is not None:
+            row["bleu"] = round(score(hyps, refs, metrics=("bleu",))["bleu"], 2)
+        rows.append(row)
+    peak = peak_rss_mb()
+    print(f"{'beam':>4} {'seconds':>8} {'sent/s':>8} {'tok/s':>9}" + (f" {'BLEU':>6}" if refs else ""))
+    for r in rows:
+        print(f"{r['beam']:>4} {r['seconds']:>8.2f} {r['sentences_per_s']:>8.1f} {r['tgt_tokens_per_s']:>9.1f}"
+              + (f" {r['bleu']:>6.2f}" if refs else ""))
+    print(f"peak RSS {peak:.0f} MB (after loading the model: {rss_loaded:.0f} MB)")
+    print(json.dumps({"model": args.model, "sentences": len(lines), "threads": args.threads,
+                      "batch_tokens": args.batch_tokens, "results": rows, "peak_rss_mb": round(peak)}))
+
+
+if __name__ == "__main__":
+    main()
