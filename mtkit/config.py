@@ -10,16 +10,14 @@ touch the run dir; components receive their own section, never the whole Config.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
+from mtkit.configcheck import cross_field_problems, from_dict, yaml_type_name
 from mtkit.errors import ConfigError
 
 
@@ -55,7 +53,7 @@ class TokenizerConfig:
     model_type: Literal["unigram", "bpe"] = "unigram"  # SentencePiece algorithm
     vocab_size: int = 8000  # pieces per vocabulary (lowered, with a warning, for tiny corpora)
     joint: bool = True  # one vocabulary for both sides (needed for model.tie_embeddings)
-    character_coverage: float = 1.0  # share of characters covered; <1 maps rare ones to <unk>
+    character_coverage: float = 1.0  # share of characters covered, in [0.98, 1]; < 1 maps rare ones to <unk>
     input_sentence_size: int = 2_000_000  # sentences sampled for training the tokenizer
 
 
@@ -248,168 +246,6 @@ def set_path(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> 
     node[parts[-1]] = value
 
 
-# ----------------------------------------------------------------------------- checking
-
-
-def from_dict(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    """Build dataclass `cls` from a mapping, appending every problem found to `problems`."""
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or '(top level)'}: expected a mapping of keys (got {show(raw)})")
-        return cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        path = f"{prefix}{key}"
-        if not isinstance(key, str) or key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
-            problems.append(f"{path}: unknown key{hint}")
-            continue
-        ok, converted = check_value(hints[key], value, path, problems)
-        if ok:
-            kwargs[key] = converted
-    return cls(**kwargs)
-
-
-def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bool, Any]:
-    """Check `value` against type `tp`; return (ok, value converted to the field's type)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return True, None
-        return check_value(args[0], value, path, problems)
-    if value is None:
-        problems.append(f"{path}: must not be null")
-        return False, None
-    if dataclasses.is_dataclass(tp):
-        return True, from_dict(tp, value, path + ".", problems)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            problems.append(f"{path}: expected one of {', '.join(map(str, choices))} (got {show(value)})")
-            return False, None
-        return True, value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            problems.append(f"{path}: expected a list of {len(args)} numbers (got {show(value)})")
-            return False, None
-        items = [check_value(a, v, f"{path}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value))]
-        return all(ok for ok, _ in items), tuple(v for _, v in items)
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{path}: expected true or false (got {show(value)})")
-            return False, None
-        return True, value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{path}: expected a whole number (got {show(value)})")
-            return False, None
-        return True, value
-    if tp is float:
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
-            value = float(value)  # YAML 1.1 reads 1e-9 (no dot) as a string; it is plainly a number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{path}: expected a number (got {show(value)})")
-            return False, None
-        return True, float(value)
-    if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and path.endswith("max_time"):
-            return True, str(value)  # max_time: a bare number of seconds
-        if not isinstance(value, str):
-            problems.append(f"{path}: expected a string (got {show(value)})")
-            return False, None
-        return True, value
-    raise AssertionError(f"config type {tp} of {path} is not handled")  # a bug in this file
-
-
-def cross_field_problems(cfg: Config) -> list[str]:
-    """Ranges and rules that involve more than one field's type."""
-    p: list[str] = []
-    d, tok, m, t, dec = cfg.data, cfg.tokenizer, cfg.model, cfg.train, cfg.decode
-
-    def positive(path: str, value: float | None, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            p.append(f"{path}: must be {'>= 0' if allow_zero else '> 0'} (got {value})")
-
-    def fraction(path: str, value: float, top_inclusive: bool = False) -> None:
-        if not (0.0 <= value < 1.0 or (top_inclusive and value == 1.0)):
-            p.append(f"{path}: must be in [0, 1{']' if top_inclusive else ')'} (got {value})")
-
-    for name, split in (("train", d.train), ("valid", d.valid), ("test", d.test)):
-        if split is not None:
-            p.extend(split_problems(f"data.{name}", split))
-    positive("data.max_len", d.max_len)
-    if d.max_len_ratio < 1.0:
-        p.append(f"data.max_len_ratio: must be >= 1 (got {d.max_len_ratio})")
-    positive("data.num_proc", d.num_proc)
-    if tok.vocab_size < 8:
-        p.append(f"tokenizer.vocab_size: must be >= 8 (got {tok.vocab_size})")
-    if not 0.0 < tok.character_coverage <= 1.0:
-        p.append(f"tokenizer.character_coverage: must be in (0, 1] (got {tok.character_coverage})")
-    positive("tokenizer.input_sentence_size", tok.input_sentence_size)
-    for key in ("d_model", "heads", "d_ff", "encoder_layers", "decoder_layers"):
-        positive(f"model.{key}", getattr(m, key))
-    if m.d_model > 0 and m.heads > 0 and m.d_model % m.heads:
-        p.append(f"model.heads: must divide model.d_model={m.d_model} (got {m.heads})")
-    fraction("model.dropout", m.dropout)
-    fraction("model.attention_dropout", m.attention_dropout)
-    if m.tie_embeddings and not tok.joint:
-        p.append("model.tie_embeddings: needs tokenizer.joint: true (one shared vocabulary);"
-                 " set one of them to the other's value")
-    for key in ("batch_tokens", "accum_steps", "lr", "adam_eps", "eval_every", "log_every"):
-        positive(f"train.{key}", getattr(t, key))
-    for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps"):
-        positive(f"train.{key}", getattr(t, key), allow_zero=True)
-    for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads"):
-        positive(f"train.{key}", getattr(t, key))
-    fraction("train.label_smoothing", t.label_smoothing)
-    for i, beta in enumerate(t.adam_betas):
-        fraction(f"train.adam_betas[{i}]", beta)
-    if t.max_time is not None:
-        try:
-            parse_duration(t.max_time)
-        except ValueError as e:
-            p.append(f"train.max_time: {e}")
-    positive("decode.beam_size", dec.beam_size)
-    positive("decode.length_penalty", dec.length_penalty, allow_zero=True)
-    positive("decode.max_len_a", dec.max_len_a, allow_zero=True)
-    positive("decode.max_len_b", dec.max_len_b, allow_zero=True)
-    positive("decode.batch_tokens", dec.batch_tokens)
-    positive("decode.nbest", dec.nbest)
-    positive("decode.max_input_tokens", dec.max_input_tokens)
-    if dec.nbest > dec.beam_size > 0:
-        p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
-    if dec.max_len_a == 0 and dec.max_len_b == 0:
-        p.append("decode.max_len_b: max_len_a and max_len_b are both 0, so no output could be produced")
-    return p
-
-
-def split_problems(prefix: str, s: SplitConfig) -> list[str]:
-    """A split names exactly one source: src+tgt files, one `path`, or a `hub` dataset."""
-    kinds = [k for k, on in (("src/tgt", s.src or s.tgt), ("path", s.path), ("hub", s.hub)) if on]
-    if len(kinds) != 1:
-        got = " and ".join(kinds) if kinds else "none"
-        return [f"{prefix}: give exactly one of src+tgt, path or hub (got {got})"]
-    if kinds[0] == "src/tgt" and not (s.src and s.tgt):
-        missing = "tgt" if s.src else "src"
-        return [f"{prefix}.{missing}: missing; a file pair needs both src and tgt"]
-    return []
-
-
-def parse_duration(value: str | float | int) -> float:
-    """`"90s"`, `"12m"`, `"2h"`, `"1.5h"`, `"3600"` or `3600` -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(value))
-    if not m:
-        raise ValueError(f"expected seconds or a duration like 90s, 12m, 2h (got {value!r})")
-    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"must be > 0 (got {value!r})")
-    return seconds
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -454,14 +290,3 @@ def differing_keys(saved: Config, given: Config, ignore: frozenset[str] = RESUMA
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
-
-
-def show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def yaml_type_name(value: Any) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
-        type(value), type(value).__name__
-    )

@@ -17,7 +17,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from mtkit.config import Config, parse_duration
+from mtkit.config import Config
+from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
 from mtkit.runlog import MetricsWriter, add_log_file, format_seconds
 from mtkit.schedule import inverse_sqrt_lr

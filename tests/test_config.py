@@ -15,9 +15,9 @@ from mtkit.config import (
     differing_keys,
     from_plain_dict,
     load_config,
-    parse_duration,
     to_dict,
 )
+from mtkit.configcheck import parse_duration
 from mtkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
