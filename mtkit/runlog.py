@@ -33,11 +33,43 @@ def setup_logging(verbosity: int = 0) -> None:
         if getattr(h, "_mtkit_stderr", False):
             h.setLevel(level)
             return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarAwareHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(level)
     handler._mtkit_stderr = True  # type: ignore[attr-defined]
     log.addHandler(handler)
+
+
+class _BarAwareHandler(logging.StreamHandler):
+    """Writes above a live tqdm bar (tqdm.write) so log lines never garble it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if PROGRESS["bar"] is None:
+            return super().emit(record)
+        try:
+            PROGRESS["bar"].write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+PROGRESS: dict[str, Any] = {"bar": None}
+
+
+def progress_bar(total: int | None, initial: int, unit: str):
+    """A tqdm bar on stderr when it is a terminal, else None (plain log lines do the job)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    PROGRESS["bar"] = bar
+    return bar
+
+
+def close_progress_bar() -> None:
+    if PROGRESS["bar"] is not None:
+        PROGRESS["bar"].close()
+        PROGRESS["bar"] = None
 
 
 def add_log_file(path: Path) -> logging.Handler:

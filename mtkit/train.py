@@ -20,7 +20,7 @@ from typing import Any
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
-from mtkit.runlog import MetricsWriter, add_log_file, format_seconds
+from mtkit.runlog import MetricsWriter, add_log_file, close_progress_bar, format_seconds, progress_bar
 from mtkit.schedule import inverse_sqrt_lr
 
 log = logging.getLogger("mtkit")
@@ -70,6 +70,7 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     try:
         return _train(cfg, run, device, metrics, init_from)
     finally:
+        close_progress_bar()
         metrics.close()
         log.removeHandler(file_log)
         file_log.close()
@@ -139,6 +140,7 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "t0": time.monotonic()}
     bad_steps = 0
     start_step = progress.step
+    bar = progress_bar(t.max_steps, progress.step, "step")  # terminals only; log lines otherwise
     batches = iter(sampler)
     reason = ""
     model.train()
@@ -189,6 +191,11 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
             window["loss"] += loss_sum
             window["nll"] += nll_sum
             window["tokens"] += n_tokens
+            if bar is not None:
+                bar.update(1)
+                tok_s = window["tokens"] / max(time.monotonic() - window["t0"], 1e-9)
+                bar.set_postfix(loss=f"{loss_sum / max(n_tokens, 1):.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:.0f}",
+                                refresh=False)
             if progress.step % t.log_every == 0:
                 log_train(metrics, progress, window, lr, started, sampler)
             if progress.step % t.eval_every == 0:
