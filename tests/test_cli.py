@@ -130,6 +130,39 @@ def test_help_and_config_errors_answer_fast(tmp_path):
 
 
 @pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    """SIGKILL after a save loses only the steps since it; the resumed run ends bit-identical."""
+    import torch
+
+    from mtkit.checkpoint import load_checkpoint
+    from mtkit.train import train
+    from tests.tinyrun import tiny_config
+
+    over = tiny_overrides(tmp_path, extra=["train.max_steps=40", "train.eval_every=10", "train.log_every=1"])
+    p = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))
+    metrics = tmp_path / "run/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until it is past the step-10 save, mid-way to step 20
+        text = metrics.read_text() if metrics.exists() else ""
+        if '"step": 13,' in text:
+            break
+        time.sleep(0.05)
+    p.kill()
+    p.communicate(timeout=60)
+    assert p.returncode == -9
+    saved = load_checkpoint(tmp_path / "run/last.pt")["step"]
+    assert 10 <= saved < 40
+    r = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+    assert f"resumed from {tmp_path / 'run'}" in err
+    train(tiny_config(tmp_path, "straight", ["train.max_steps=40", "train.eval_every=10", "train.log_every=1"]))
+    a = load_checkpoint(tmp_path / "run/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "straight/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 def test_sigterm_during_training_saves_and_exits_143(tmp_path):
     over = tiny_overrides(tmp_path, extra=["train.max_steps=100000", "train.eval_every=100000"])
     p = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))
