@@ -192,3 +192,47 @@ def test_base_yaml_documents_every_key_with_its_default():
 @pytest.mark.parametrize("name", ["base.yaml", "ding-de-en.yaml", "tiny-reverse.yaml"])
 def test_shipped_configs_load(name):
     load_config(ROOT / "configs" / name)
+
+
+# ----------------------------------------------------------------------------- fuzzing
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+KEYS = ["run_dir", "seed", "data", "model", "train", "decode", "tokenizer", "src", "tgt", "heads", "d_model",
+        "lr", "max_time", "beam_size", "valid", "adam_betas", "joint", "x"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12))
+TREES = st.recursive(SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                     st.dictionaries(st.sampled_from(KEYS), kids, max_size=5)),
+                     max_leaves=25)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=TREES)
+def test_fuzz_yaml_documents_give_config_or_config_error(tmp_path, doc):
+    p = tmp_path / "fuzz.yaml"
+    p.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    try:
+        load_config(p)
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200))
+def test_fuzz_random_bytes_give_config_or_config_error(tmp_path, data):
+    p = tmp_path / "fuzz.yaml"
+    p.write_bytes(data)
+    try:
+        load_config(p)
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=st.lists(st.text(max_size=20), max_size=4))
+def test_fuzz_overrides_give_config_or_config_error(items):
+    try:
+        load_config(None, ["data.train.src=a", "data.train.tgt=b", *items])
+    except ConfigError:
+        pass

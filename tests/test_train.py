@@ -194,3 +194,13 @@ def test_tiny_reverse_config_learns_the_task(tmp_path):
 
 def test_overrides_helper_is_consistent(tmp_path):
     assert any(o.startswith("run_dir=") for o in tiny_overrides(tmp_path))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(tmp_path, precision):
+    """autocast (and GradScaler for fp16) run on CPU; weights stay fp32 and finite."""
+    summary = train(tiny_config(tmp_path, extra=[f"train.precision={precision}", "train.max_steps=10"]))
+    assert summary["step"] == 10
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state["model"].values())
+    assert (state["scaler"] is not None) == (precision == "fp16")
