@@ -32,11 +32,18 @@ class Run:
     tokenizer: Any  # mtkit.tokenizer.Tokenizer
     resume_path: Path | None = None
     resume_state: dict[str, Any] | None = None
+    init_path: Path | None = None  # --init-from: the parent checkpoint (fine-tuning)
+    init_state: dict[str, Any] | None = None
 
 
-def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = True) -> Run:
-    """Create or reopen the run dir; resume from its newest intact checkpoint if any."""
-    from mtkit.checkpoint import find_resume
+def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = True,
+                init_from: str | Path | None = None) -> Run:
+    """Create or reopen the run dir; resume from its newest intact checkpoint if any.
+
+    With `init_from` (and nothing to resume) the new run starts from that checkpoint's weights and
+    uses its tokenizer, since the weights only make sense with the vocabulary they were trained on.
+    """
+    from mtkit.checkpoint import find_resume, load_checkpoint
     from mtkit.tokenizer import Tokenizer
 
     run_dir = Path(cfg.run_dir)
@@ -58,6 +65,16 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
                 f" ({run_dir / 'config.yaml'}), choose a new run_dir, or pass --overwrite to start afresh"
             )
         run = Run(run_dir, Tokenizer.from_bytes(state["tokenizer"]), path, state)
+        if init_from:
+            log.warning("--init-from ignored: resuming %s, which already has a checkpoint", run_dir)
+    elif init_from:
+        init = load_checkpoint(init_from)
+        tok = Tokenizer.from_bytes(init["tokenizer"])
+        tok_dir = run_dir / "tokenizer"
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        tok.save(tok_dir)
+        (tok_dir / "settings.yaml").unlink(missing_ok=True)  # not trained from this config's data
+        run = Run(run_dir, tok, init_path=Path(init_from), init_state=init)
     else:
         run = Run(run_dir, get_tokenizer(cfg, run_dir))
     if for_training:

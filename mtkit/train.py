@@ -64,7 +64,7 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     if t.threads:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
-    run = runsetup.prepare_run(cfg, overwrite=overwrite)  # run dir, resume state, tokenizer
+    run = runsetup.prepare_run(cfg, overwrite=overwrite, init_from=init_from)  # run dir, resume, tokenizer
     file_log = add_log_file(run.dir / "train.log")
     metrics = MetricsWriter(run.dir / "metrics.jsonl")
     try:
@@ -81,7 +81,6 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
 
     from mtkit import runsetup
     from mtkit.batching import TokenBatchSampler
-    from mtkit.checkpoint import load_checkpoint
     from mtkit.data import make_batch, token_lengths
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
@@ -108,15 +107,13 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
         progress = Progress(**s["progress"])
         restore_rng(s["rng"])
         log.info("resumed from %s at step %d", run.resume_path, progress.step)
-    elif init_from:
-        init = load_checkpoint(init_from)
-        missing = model.load_state_dict(init["model"], strict=False)
-        if missing.missing_keys or missing.unexpected_keys:
-            raise TrainingError(f"--init-from {init_from}: model shapes differ from model.* in the config")
-        if init["tokenizer"] != tok.to_bytes():
-            log.warning("--init-from %s: its tokenizer differs from this run's; fine-tuning a"
-                        " different vocabulary rarely works", init_from)
-        log.info("initialised weights from %s", init_from)
+    elif run.init_state is not None:
+        try:
+            model.load_state_dict(run.init_state["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"--init-from {run.init_path}: its weights do not fit model.* of this config"
+                                f" ({str(e).splitlines()[0][:160]}); use the same model settings") from None
+        log.info("initialised weights from %s (fine-tuning with its tokenizer)", run.init_path)
     log.info("model: %s parameters, device %s, precision %s, %d threads",
              f"{model.num_parameters():,}", device, t.precision, torch.get_num_threads())
     metrics.write("start", step=progress.step, params=model.num_parameters(), device=device,

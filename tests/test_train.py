@@ -106,12 +106,17 @@ def test_changed_config_is_refused_unless_overwrite(tmp_path):
 
 def test_init_from_fine_tunes(tmp_path):
     train(tiny_config(tmp_path, "parent", ["train.max_steps=10"]))
-    parent = _weights(tmp_path / "parent/last.pt")
-    cfg = tiny_config(tmp_path, "child", ["train.max_steps=1", "train.eval_every=100", "train.lr=1e-9"])
+    parent = load_checkpoint(tmp_path / "parent/last.pt")
+    # the child asks for another vocabulary size, but fine-tuning must keep the parent's tokenizer
+    cfg = tiny_config(tmp_path, "child", ["train.max_steps=1", "train.eval_every=100", "train.lr=1e-9",
+                                          "tokenizer.vocab_size=40"])
     train(cfg, init_from=str(tmp_path / "parent/last.pt"))
-    child = _weights(tmp_path / "child/last.pt")
+    child = load_checkpoint(tmp_path / "child/last.pt")
+    assert child["tokenizer"] == parent["tokenizer"]
     # one update at a tiny learning rate: the weights stay (almost) the parent's
-    assert all(torch.allclose(parent[k], child[k], atol=1e-5) for k in parent)
+    assert all(torch.allclose(parent["model"][k], child["model"][k], atol=1e-5) for k in parent["model"])
+    with pytest.raises(TrainingError, match="do not fit model"):
+        train(tiny_config(tmp_path, "other", ["model.d_ff=128"]), init_from=str(tmp_path / "parent/last.pt"))
 
 
 def test_nan_loss_is_skipped_then_stops(tmp_path, monkeypatch):
