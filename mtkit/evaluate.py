@@ -49,24 +49,15 @@ def format_scores(result: dict[str, Any]) -> str:
 
 
 def read_text_lines(path: Path, what: str) -> list[str]:
-    """A UTF-8 text file's lines (without newlines); errors name the file and line."""
+    """A UTF-8 text file's lines (without newlines), checked as translate.py checks its input."""
+    from mtkit.translate import read_chunks
+
     if not path.exists():
         raise DataError(f"{what} {path}: file not found (absolute path {path.resolve()})")
     if path.is_dir():
         raise DataError(f"{what} {path}: is a directory; give a text file with one sentence per line")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{what} {path}: line {line}: invalid UTF-8; convert the file to UTF-8 (e.g. with iconv)") from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise DataError(f"{what} {path}: line {line}: NUL byte; is this a binary file? give a text file")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # a final newline ends the last line; it does not start another
-    return [line.rstrip("\r") for line in lines]
+    with open(path, "rb") as f:
+        return [line for _, chunk in read_chunks(f, f"{what} {path}") for line in chunk]
 
 
 def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:

@@ -73,6 +73,10 @@ def test_evaluate_scores_only_and_counts_mismatch(tmp_path):
     assert "BLEU = " in r.stdout and "nrefs:1" in r.stdout
     r = runner.invoke(app, ["evaluate", "--hyp", str(hyp), "--ref", str(short)])
     assert r.exit_code == 1 and "has 2 lines" in r.stderr and "has 1" in r.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nnot \xff utf-8\n")
+    r = runner.invoke(app, ["evaluate", "--hyp", str(bad), "--ref", str(ref)])
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and "line 2: invalid UTF-8" in r.stderr
 
 
 def test_translate_missing_model(tmp_path):
