@@ -223,9 +223,7 @@ def train_step(model, optimizer, scaler, group, n_tokens, cfg, device, autocast)
     was not finite, in which case no update is made (the checkpoint can never hold NaNs).
     """
     import torch
-    import torch.nn.functional as F
 
-    from mtkit.tokenizer import PAD_ID
 
     t = cfg.train
     loss_total = torch.zeros((), device=device)
@@ -236,15 +234,8 @@ def train_step(model, optimizer, scaler, group, n_tokens, cfg, device, autocast)
         tgt_out = batch["tgt_out"].to(device, non_blocking=True)
         with autocast:
             logits = model(src, tgt_in)  # (B, T, V)
-        logits = logits.float().view(-1, logits.size(-1))
-        target = tgt_out.view(-1)
-        # Label-smoothed cross entropy summed over real tokens, normalised per target token of the group.
-        loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=t.label_smoothing,
-                               reduction="sum")
-        scaler.scale(loss / n_tokens).backward()
-        with torch.no_grad():  # the plain NLL, for perplexity: logsumexp - target logit on real tokens
-            real = target != PAD_ID
-            nll = (torch.logsumexp(logits[real], dim=-1) - logits[real].gather(1, target[real, None]).squeeze(1)).sum()
+        loss, nll = token_losses(logits, tgt_out, t.label_smoothing)
+        scaler.scale(loss / n_tokens).backward()  # normalised per target token of the whole group
         loss_total += loss.detach()
         nll_total += nll
     scaler.unscale_(optimizer)
@@ -261,6 +252,30 @@ def train_step(model, optimizer, scaler, group, n_tokens, cfg, device, autocast)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_value, float(nll_total)
+
+
+def token_losses(logits, target, label_smoothing: float):
+    """Label-smoothed cross entropy and plain NLL, each summed over the real (non-pad) tokens.
+
+    Args:
+        logits: (B, T, V) model outputs (any float dtype; computed in fp32).
+        target: (B, T) gold ids, PAD where there is no token.
+
+    Returns:
+        (loss, nll): the smoothed loss (differentiable) and the NLL for perplexity (no gradient).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from mtkit.tokenizer import PAD_ID
+
+    logits = logits.float().view(-1, logits.size(-1))  # (B*T, V)
+    target = target.view(-1)  # (B*T,)
+    loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
+    with torch.no_grad():  # NLL = logsumexp - target logit, on real tokens only
+        real = target != PAD_ID
+        nll = (torch.logsumexp(logits[real], dim=-1) - logits[real].gather(1, target[real, None]).squeeze(1)).sum()
+    return loss, nll
 
 
 def validate_and_track(validator, model, progress: Progress, metrics: MetricsWriter) -> bool:

@@ -44,10 +44,10 @@ class Validator:
     def run(self, model) -> dict[str, Any]:
         """Score `model` (left in eval mode): valid_loss, valid_nll, valid_ppl, bleu, chrf."""
         import torch
-        import torch.nn.functional as F
 
         from mtkit.evaluate import score
         from mtkit.tokenizer import PAD_ID
+        from mtkit.train import token_losses
         from mtkit.translate import translate_lines
 
         t0 = time.monotonic()
@@ -56,12 +56,11 @@ class Validator:
         tokens = 0
         with torch.inference_mode():
             for b in self.loss_batches:
-                logits = model(b["src"].to(self.device), b["tgt_in"].to(self.device)).float()
-                logits = logits.view(-1, logits.size(-1))
-                target = b["tgt_out"].to(self.device).view(-1)
-                loss_sum += float(F.cross_entropy(logits, target, ignore_index=PAD_ID,
-                                                  label_smoothing=self.label_smoothing, reduction="sum"))
-                nll_sum += float(F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum"))
+                target = b["tgt_out"].to(self.device)
+                logits = model(b["src"].to(self.device), b["tgt_in"].to(self.device))
+                loss, nll = token_losses(logits, target, self.label_smoothing)  # the loss training uses
+                loss_sum += float(loss)
+                nll_sum += float(nll)
                 tokens += int((target != PAD_ID).sum())
         hyps = [ts[0].text for ts in translate_lines(model, self.tokenizer, self.src_texts, self.decode, self.device)]
         scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
