@@ -269,12 +269,15 @@ def token_losses(logits, target, label_smoothing: float):
 
     from mtkit.tokenizer import PAD_ID
 
-    logits = logits.float().view(-1, logits.size(-1))  # (B*T, V)
+    # One log-softmax serves both sums (a second logsumexp pass for the NLL cost ~5% of a step).
+    lprobs = F.log_softmax(logits.float().view(-1, logits.size(-1)), dim=-1)  # (B*T, V)
     target = target.view(-1)  # (B*T,)
-    loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
-    with torch.no_grad():  # NLL = logsumexp - target logit, on real tokens only
-        real = target != PAD_ID
-        nll = (torch.logsumexp(logits[real], dim=-1) - logits[real].gather(1, target[real, None]).squeeze(1)).sum()
+    real = target != PAD_ID  # (B*T,)
+    nll_tok = -lprobs.gather(1, target[:, None]).squeeze(1)  # (B*T,)
+    # Label smoothing as in torch's cross_entropy: (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
+    smooth_tok = -lprobs.mean(dim=-1)  # (B*T,)
+    loss = torch.where(real, (1.0 - label_smoothing) * nll_tok + label_smoothing * smooth_tok, 0.0).sum()
+    nll = torch.where(real, nll_tok.detach(), 0.0).sum()
     return loss, nll
 
 
