@@ -47,7 +47,7 @@ class Validator:
 
         from mtkit.evaluate import score
         from mtkit.tokenizer import PAD_ID
-        from mtkit.train import token_losses
+        from mtkit.loss import token_losses
         from mtkit.translate import translate_lines
 
         t0 = time.monotonic()

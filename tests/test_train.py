@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import load_config
 from mtkit.errors import TrainingError
+from mtkit.loss import token_losses
 from mtkit.schedule import inverse_sqrt_lr
+from mtkit.tokenizer import PAD_ID
 from mtkit.train import Interrupted, train
 from tests.tinyrun import tiny_config, tiny_overrides
 
@@ -31,17 +33,24 @@ def test_inverse_sqrt_schedule_shape():
 
 
 def test_label_smoothed_loss_matches_hand_computation():
-    # Two real target tokens and one pad, vocabulary of 4, epsilon 0.1.
-    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4], [9.0, 9.0, 9.0, 9.0]])
-    target = torch.tensor([0, 3, -100])  # -100: padding, ignored
+    # Two real target tokens and one pad, vocabulary of 4 (ids 0..3; id 0 is PAD), epsilon 0.1.
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4], [9.0, -9.0, 3.0, 1.0]]])  # (1, 3, 4)
+    target = torch.tensor([[2, 3, PAD_ID]])  # (1, 3): the last position is padding, ignored
     eps, V = 0.1, 4
-    total = 0.0
-    for row, t in ((0, 0), (1, 3)):
-        logp = [x - math.log(sum(math.exp(y) for y in logits[row].tolist())) for x in logits[row].tolist()]
+    total = nll = 0.0
+    for row, t in ((0, 2), (1, 3)):
+        logp = [x - math.log(sum(math.exp(y) for y in logits[0, row].tolist())) for x in logits[0, row].tolist()]
         # (1 - eps) on the true class plus eps spread uniformly over all V classes (as PyTorch does)
         total += -((1 - eps) * logp[t] + eps / V * sum(logp))
-    got = F.cross_entropy(logits, target, label_smoothing=eps, reduction="sum")
-    assert float(got) == pytest.approx(total, rel=1e-6)
+        nll += -logp[t]
+    loss, got_nll = token_losses(logits, target, eps)
+    assert float(loss) == pytest.approx(total, rel=1e-6)
+    assert float(got_nll) == pytest.approx(nll, rel=1e-6)
+    # The same as torch's own label-smoothed cross entropy, and differentiable through the logits.
+    torch_loss = F.cross_entropy(logits.view(-1, V), target.view(-1), ignore_index=PAD_ID, label_smoothing=eps,
+                                 reduction="sum")
+    assert float(loss) == pytest.approx(float(torch_loss), rel=1e-6)
+    assert float(token_losses(logits, target, 0.0)[0]) == pytest.approx(nll, rel=1e-6)
 
 
 def test_training_writes_every_artifact(tmp_path):
