@@ -20,8 +20,8 @@ from typing import Any
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
-from mtkit.runlog import MetricsWriter, add_log_file, close_progress_bar, format_seconds, progress_bar
 from mtkit.loss import token_losses
+from mtkit.runlog import MetricsWriter, add_log_file, close_progress_bar, format_seconds, progress_bar
 from mtkit.schedule import inverse_sqrt_lr
 
 log = logging.getLogger("mtkit")

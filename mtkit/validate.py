@@ -46,8 +46,8 @@ class Validator:
         import torch
 
         from mtkit.evaluate import score
-        from mtkit.tokenizer import PAD_ID
         from mtkit.loss import token_losses
+        from mtkit.tokenizer import PAD_ID
         from mtkit.translate import translate_lines
 
         t0 = time.monotonic()
