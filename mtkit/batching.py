@@ -125,18 +125,23 @@ class TokenBatchSampler:
             self.position = 0
 
     def state_dict(self) -> dict[str, int]:
-        """Where iteration stands: {"epoch", "position"} (batches already handed out this epoch)."""
-        return {"epoch": self.epoch, "position": self.position}
+        """Where iteration stands: {"epoch", "position", "shards"}; position counts the batches this
+        shard handed out this epoch (every shard is at the same position)."""
+        return {"epoch": self.epoch, "position": self.position, "shards": self.num_shards}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Continue from a `state_dict`; the next batch is the one an uninterrupted run would give."""
         try:
-            epoch, position = d["epoch"], d["position"]
-        except (KeyError, TypeError):
+            epoch, position, shards = d["epoch"], d["position"], d.get("shards", 1)
+        except (KeyError, TypeError, AttributeError):
             raise CheckpointError(f"batch sampler state must have 'epoch' and 'position' (got {d!r})") from None
-        for key, value in (("epoch", epoch), ("position", position)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise CheckpointError(f"batch sampler state: {key} must be a whole number >= 0 (got {value!r})")
+        for key, value, least in (("epoch", epoch, 0), ("position", position, 0), ("shards", shards, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise CheckpointError(f"batch sampler state: {key} must be a whole number >= {least} (got {value!r})")
+        if shards != self.num_shards:  # another process count: continue at the same share of the epoch
+            position = position * shards // self.num_shards
+            log.warning("batching: saved with %d shard(s), now %d; continuing at batch %d of %d of this epoch",
+                        shards, self.num_shards, position, len(self))
         if position > len(self):
             log.warning(
                 "batching: saved position %d is past the %d batches of an epoch (was the data changed?);"

@@ -55,7 +55,8 @@ def handles_errors(fn):
         except MtkitError as e:
             if debug_on():
                 raise
-            typer.echo(f"error: {e}", err=True)
+            rank = os.environ.get("RANK", "0")  # under torchrun every process may report the same problem
+            typer.echo(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if debug_on():
@@ -164,12 +165,22 @@ def train_cmd(
     set_: Optional[List[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the run dir's checkpoints and start afresh."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights."),
+    devices: int = typer.Option(1, "--devices", min=1, help="Processes on this machine, one per GPU (or CPU"
+                                " share): launches torchrun's engine. Many machines: see README."),
 ):
     """Train a Transformer; running it again on the same run dir resumes exactly."""
     from mtkit.config import load_config
-    from mtkit.train import Interrupted, train
+    from mtkit.interrupt import Interrupted
+    from mtkit.train import train
 
     cfg = load_config(config, set_ or [])
+    if devices > 1:
+        from mtkit.distributed import launch
+
+        verbosity = {-1: ["-q"], 1: ["-v"]}.get(STATE.get("verbosity", 0), [])
+        args = [*(["--debug"] if debug_on() else []), *verbosity, "train", str(config), *(f"--set={s}" for s in set_ or []),
+                *(["--overwrite"] if overwrite else []), *(["--init-from", str(init_from)] if init_from else [])]
+        raise typer.Exit(launch(devices, args))
     try:
         train(cfg, overwrite=overwrite, init_from=str(init_from) if init_from else None)
     except Interrupted as e:

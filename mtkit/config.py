@@ -93,6 +93,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 adds GradScaler)
     threads: Optional[int] = None  # CPU threads for torch; null = all cores
     max_bad_steps: int = 5  # NaN/inf or out-of-memory steps skipped before training stops
+    compile: bool = False  # run the training forward through torch.compile (see README: measured)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +130,7 @@ RESUMABLE_KEYS = frozenset(
         "train.keep_last",
         "train.device",
         "train.threads",
+        "train.compile",
         "train.valid_max_sentences",
         "decode.beam_size",
         "decode.length_penalty",

@@ -37,11 +37,12 @@ class Run:
 
 
 def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = True,
-                init_from: str | Path | None = None) -> Run:
+                init_from: str | Path | None = None, readonly: bool = False) -> Run:
     """Create or reopen the run dir; resume from its newest intact checkpoint if any.
 
     With `init_from` (and nothing to resume) the new run starts from that checkpoint's weights and
     uses its tokenizer, since the weights only make sense with the vocabulary they were trained on.
+    `readonly` (training processes other than rank 0, after rank 0 prepared the dir) writes nothing.
     """
     from mtkit.checkpoint import find_resume, load_checkpoint
     from mtkit.tokenizer import Tokenizer
@@ -49,9 +50,10 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"run_dir {run_dir}: exists and is not a directory; choose another run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        clear_run(run_dir)
+    if not readonly:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            clear_run(run_dir)
     found = find_resume(run_dir) if for_training else None
     if found is not None:
         path, state = found
@@ -71,13 +73,14 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
         init = load_checkpoint(init_from)
         tok = Tokenizer.from_bytes(init["tokenizer"])
         tok_dir = run_dir / "tokenizer"
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        tok.save(tok_dir)
-        (tok_dir / "settings.yaml").unlink(missing_ok=True)  # not trained from this config's data
+        if not readonly:
+            tok_dir.mkdir(parents=True, exist_ok=True)
+            tok.save(tok_dir)
+            (tok_dir / "settings.yaml").unlink(missing_ok=True)  # not trained from this config's data
         run = Run(run_dir, tok, init_path=Path(init_from), init_state=init)
     else:
-        run = Run(run_dir, get_tokenizer(cfg, run_dir))
-    if for_training:
+        run = Run(run_dir, get_tokenizer(cfg, run_dir, readonly=readonly))
+    if for_training and not readonly:
         write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     return run
 
@@ -98,8 +101,9 @@ def tokenizer_settings(cfg: Config) -> dict[str, Any]:
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}
 
 
-def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False):
-    """The run dir's tokenizer if it was trained with these settings, else train and save one."""
+def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False, readonly: bool = False):
+    """The run dir's tokenizer if it was trained with these settings, else train and save one
+    (`readonly`: it must be there already)."""
     import time
 
     from mtkit.sources import load_pairs
@@ -114,7 +118,11 @@ def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False):
         if saved == wanted:
             log.info("tokenizer: using %s", tok_dir)
             return existing
-        log.warning("tokenizer in %s was trained with other settings; training it again", tok_dir)
+        if not readonly:
+            log.warning("tokenizer in %s was trained with other settings; training it again", tok_dir)
+    if readonly:
+        raise TrainingError(f"{tok_dir}: no tokenizer for this config; rank 0 should have trained it (was the"
+                            " run dir changed during start-up?)")
     t0 = time.monotonic()
     pairs = load_pairs(cfg.data.train, cfg.data, "train", cache_dir=run_dir / "cache")
     log.info("tokenizer: training %s, vocab %d, %s on %d pairs ...", cfg.tokenizer.model_type,

@@ -11,28 +11,27 @@ import logging
 import math
 import random
 import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
+from mtkit.interrupt import Interrupted, StopFlag
 from mtkit.loss import token_losses
-from mtkit.runlog import MetricsWriter, add_log_file, close_progress_bar, format_seconds, progress_bar
+from mtkit.runlog import (
+    MetricsWriter,
+    add_log_file,
+    close_progress_bar,
+    format_seconds,
+    progress_bar,
+    setup_logging,
+)
 from mtkit.schedule import inverse_sqrt_lr
 
 log = logging.getLogger("mtkit")
-
-
-class Interrupted(Exception):
-    """Training stopped by SIGINT/SIGTERM after saving last.pt; `exit_code` is 130 or 143."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -56,31 +55,48 @@ def resolve_device(name: str) -> str:
 
 
 def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None) -> dict[str, Any]:
-    """Train (or resume) the run described by `cfg`; returns a summary of the run."""
+    """Train (or resume) the run described by `cfg`; returns a summary of the run.
+
+    Under torchrun every process calls this; see distributed.py. Rank 0 prepares the run dir
+    (clears it on --overwrite, trains the tokenizer, caches the encoded data) while the others
+    wait, then they open it read-only. Only rank 0 writes logs, metrics and checkpoints.
+    """
     import torch
 
-    from mtkit import runsetup
+    from mtkit import distributed, runsetup
 
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    run = runsetup.prepare_run(cfg, overwrite=overwrite, init_from=init_from)  # run dir, resume, tokenizer
-    file_log = add_log_file(run.dir / "train.log")
-    metrics = MetricsWriter(run.dir / "metrics.jsonl")
+    world = distributed.world_from_env()
+    if not world.is_main:
+        setup_logging(-1)  # warnings and errors only; rank 0 tells the story
+    device = distributed.join(world, resolve_device(t.device))
     try:
-        return _train(cfg, run, device, metrics, init_from)
+        if t.threads or (world.distributed and not device.startswith("cuda")):
+            torch.set_num_threads(t.threads or distributed.cpu_threads(world))
+        if not world.is_main:
+            distributed.barrier(world)
+        run = runsetup.prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
+        data = runsetup.prepare_data(cfg, run)
+        if world.is_main:
+            distributed.barrier(world)
+        file_log = add_log_file(run.dir / "train.log") if world.is_main else None
+        metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
+        try:
+            return _train(cfg, run, data, world, device, metrics, init_from)
+        finally:
+            close_progress_bar()
+            metrics.close()
+            if file_log is not None:
+                log.removeHandler(file_log)
+                file_log.close()
     finally:
-        close_progress_bar()
-        metrics.close()
-        log.removeHandler(file_log)
-        file_log.close()
+        distributed.leave(world)
 
 
-def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None) -> dict[str, Any]:
+def _train(cfg, run, data, world, device: str, metrics: MetricsWriter, init_from: str | None) -> dict[str, Any]:
     import torch
 
-    from mtkit import runsetup
+    from mtkit import distributed, runsetup
     from mtkit.batching import TokenBatchSampler
     from mtkit.data import make_batch, token_lengths
     from mtkit.model import Transformer
@@ -89,15 +105,19 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
 
     t = cfg.train
     seed_everything(cfg.seed)
-    train_ds, valid_ds = runsetup.prepare_data(cfg, run)
+    train_ds, valid_ds = data
     src_lens, tgt_lens = token_lengths(train_ds)
-    sampler = TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True)
+    # Each process takes every size-th batch of the epoch's shuffled list (its shard).
+    sampler = TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True,
+                                num_shards=world.size, shard=world.rank)
 
     tok = run.tokenizer
     model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, pad_id=PAD_ID).to(device)
     optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device, enabled=t.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=t.precision == "fp16")
     progress = Progress()
+    if world.distributed:
+        seed_everything(cfg.seed + world.rank)  # same initial weights (seeded above), own dropout masks
     if run.resume_state is not None:
         s = run.resume_state
         model.load_state_dict(s["model"])
@@ -106,7 +126,14 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
             scaler.load_state_dict(s["scaler"])
         sampler.load_state_dict(s["data"])
         progress = Progress(**s["progress"])
-        restore_rng(s["rng"])
+        per_rank = s.get("rng_ranks") or [s["rng"]]
+        if len(per_rank) == world.size:
+            restore_rng(per_rank[world.rank])
+        else:  # another process count than the saved run: resumes, but not bit-exactly
+            seed_everything(cfg.seed + world.rank + progress.step)
+            if world.is_main:
+                log.warning("resuming a %d-process run on %d: random streams restart (dropout masks differ"
+                            " from an uninterrupted run)", len(per_rank), world.size)
         log.info("resumed from %s at step %d", run.resume_path, progress.step)
     elif run.init_state is not None:
         try:
@@ -115,65 +142,87 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
             raise TrainingError(f"--init-from {run.init_path}: its weights do not fit model.* of this config"
                                 f" ({str(e).splitlines()[0][:160]}); use the same model settings") from None
         log.info("initialised weights from %s (fine-tuning with its tokenizer)", run.init_path)
-    log.info("model: %s parameters, device %s, precision %s, %d threads",
-             f"{model.num_parameters():,}", device, t.precision, torch.get_num_threads())
-    metrics.write("start", step=progress.step, params=model.num_parameters(), device=device,
-                  train_pairs=len(train_ds), batches_per_epoch=len(sampler))
+    net = model  # what the training forward runs: the model, wrapped for DDP and/or compiled
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    validator = Validator(valid_ds, tok, cfg, device) if valid_ds is not None else None
+        # No buffer sync: the only buffer is the sinusoidal table, computed alike everywhere (and
+        # extended lazily per process, so sizes may differ); the weights start equal (same seed).
+        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                                      else None, **distributed.no_buffer_sync())
+    if t.compile:
+        net = torch.compile(net, dynamic=True)  # shapes vary per batch: compile once for all of them
+    log.info("model: %s parameters, device %s, precision %s, %d threads%s",
+             f"{model.num_parameters():,}", device, t.precision, torch.get_num_threads(),
+             f", {world.size} processes (effective batch {world.size * t.accum_steps} x {t.batch_tokens} tokens)"
+             if world.distributed else "")
+    metrics.write("start", step=progress.step, params=model.num_parameters(), device=device,
+                  train_pairs=len(train_ds), batches_per_epoch=len(sampler), processes=world.size)
+
+    validator = Validator(valid_ds, tok, cfg, device) if valid_ds is not None and world.is_main else None
     saver = runsetup.Saver(run.dir, cfg, tok, t.keep_last)
+    saved_step = progress.step
 
     def save(path_kind: str) -> None:
-        saver.save(path_kind, progress.step, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "data": sampler.state_dict(), "progress": vars(progress).copy(), "rng": rng_state(),
-        })
+        nonlocal saved_step
+        distributed.check_in_sync(world, model)
+        rngs = distributed.gather(world, rng_state())  # every rank's, for an exact resume
+        if world.is_main:
+            saver.save(path_kind, progress.step, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "data": sampler.state_dict(), "progress": vars(progress).copy(), "rng": rngs[0],
+                **({"rng_ranks": rngs} if world.distributed else {}),
+            })
+        saved_step = progress.step
 
     budget_s = parse_duration(t.max_time) if t.max_time is not None else math.inf
-    autocast = (torch.autocast(device_type=device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[t.precision])
+    autocast = (torch.autocast(device_type=device.split(":")[0],
+                               dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[t.precision])
                 if t.precision != "fp32" else nullcontext())
-    stop = StopFlag()
+    stop = StopFlag(escalate=not world.distributed)
     started = time.monotonic()
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "t0": time.monotonic()}
     bad_steps = 0
-    start_step = progress.step
-    bar = progress_bar(t.max_steps, progress.step, "step")  # terminals only; log lines otherwise
+    bar = progress_bar(t.max_steps, progress.step, "step") if world.is_main else None  # terminals only
     batches = iter(sampler)
-    reason = ""
+    pad_to = 8 if device.startswith("cuda") else 1  # tensor-core friendly shapes on GPU
     model.train()
     with stop.installed():
         while True:
-            if t.max_steps is not None and progress.step >= t.max_steps:
-                reason = f"reached train.max_steps={t.max_steps}"
+            # All processes take the same decision (time and signals may differ between them).
+            code = stop_code(t, progress, sampler, validator, time.monotonic() - started >= budget_s)
+            code, signum = distributed.agree(world, [code, stop.signum or 0], "max")
+            if signum:
+                if progress.step != saved_step:
+                    save("last")
+                raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {progress.step};"
+                                  f" saved {run.dir / 'last.pt'}. Resume with the same `mtkit train` command",
+                                  128 + signum)
+            if code:
+                reason = STOP_REASONS[code].format(t=t)
                 break
-            if t.max_epochs is not None and epochs_done(sampler) >= t.max_epochs:
-                reason = f"reached train.max_epochs={t.max_epochs}"
-                break
-            if validator is not None and t.patience and progress.bad_validations >= t.patience:
-                reason = f"early stopping: no better dev BLEU in {t.patience} validations"
-                break
-            if time.monotonic() - started >= budget_s:
-                reason = f"reached train.max_time={t.max_time}"
-                break
-            # One update = accum_steps batches; the loss is normalised by the target tokens of all of them.
-            group = [make_batch(*rows(train_ds, next(batches)[1])) for _ in range(t.accum_steps)]
-            n_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
+            # One update = accum_steps batches per process; the loss is normalised by the target
+            # tokens of all of them on all processes.
+            group = [make_batch(*rows(train_ds, next(batches)[1]), pad_to=pad_to) for _ in range(t.accum_steps)]
+            local_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
+            (n_tokens,) = distributed.agree(world, [local_tokens], "sum")
             lr = inverse_sqrt_lr(progress.step + 1, t.lr, t.warmup_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             try:
-                loss_sum, nll_sum = train_step(model, optimizer, scaler, group, n_tokens, cfg, device, autocast)
+                loss_sum, nll_sum = train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device,
+                                               autocast, world)
             except torch.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 bad_steps += 1
                 shapes = ", ".join(str(tuple(b["src"].shape)) + "/" + str(tuple(b["tgt_in"].shape)) for b in group)
                 log.warning("out of memory on a batch (src/tgt shapes %s); skipped it", shapes)
-                if bad_steps > t.max_bad_steps:
-                    raise TrainingError(f"out of memory {bad_steps} times; lower train.batch_tokens "
+                if bad_steps > t.max_bad_steps or world.distributed:  # other ranks cannot skip in step
+                    raise TrainingError(f"out of memory {bad_steps} time(s); lower train.batch_tokens "
                                         f"(now {t.batch_tokens}) and resume with the same command") from None
                 continue
-            if loss_sum is None:  # non-finite loss or gradient: the update was skipped
+            if loss_sum is None:  # non-finite loss or gradient: the update was skipped (on every rank)
                 bad_steps += 1
                 log.warning("non-finite loss or gradient at step %d; skipped the update (%d/%d)",
                             progress.step + 1, bad_steps, t.max_bad_steps)
@@ -194,19 +243,14 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
                 tok_s = window["tokens"] / max(time.monotonic() - window["t0"], 1e-9)
                 bar.set_postfix(loss=f"{loss_sum / max(n_tokens, 1):.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:.0f}",
                                 refresh=False)
-            if progress.step % t.log_every == 0:
+            if progress.step % t.log_every == 0 and world.is_main:
                 log_train(metrics, progress, window, lr, started, sampler)
             if progress.step % t.eval_every == 0:
                 improved = validator is not None and validate_and_track(validator, model, progress, metrics)
                 save("best" if improved else "last")
                 model.train()
-            if stop.signum is not None:
-                save("last")
-                code = 128 + stop.signum
-                raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {progress.step};"
-                                  f" saved {run.dir / 'last.pt'}. Resume with the same `mtkit train` command", code)
     # Save the final state unless nothing was trained in this call or the last update just saved.
-    if progress.step > start_step and progress.step % t.eval_every != 0:
+    if progress.step != saved_step:
         improved = validator is not None and validate_and_track(validator, model, progress, metrics)
         save("best" if improved else "last")
     elapsed = time.monotonic() - started
@@ -217,42 +261,64 @@ def _train(cfg, run, device: str, metrics: MetricsWriter, init_from: str | None)
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
 
 
-def train_step(model, optimizer, scaler, group, n_tokens, cfg, device, autocast):
+STOP_REASONS = {1: "reached train.max_steps={t.max_steps}", 2: "reached train.max_epochs={t.max_epochs}",
+                3: "early stopping: no better dev BLEU in {t.patience} validations",
+                4: "reached train.max_time={t.max_time}"}
+
+
+def stop_code(t, progress: Progress, sampler, validator, out_of_time: bool) -> int:
+    """Why this process would stop now: a key of STOP_REASONS, or 0 to go on."""
+    if t.max_steps is not None and progress.step >= t.max_steps:
+        return 1
+    if t.max_epochs is not None and epochs_done(sampler) >= t.max_epochs:
+        return 2
+    if validator is not None and t.patience and progress.bad_validations >= t.patience:
+        return 3
+    return 4 if out_of_time else 0
+
+
+def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, autocast, world):
     """Forward/backward over an accumulation group and one optimizer update.
 
-    Returns (smoothed loss sum, NLL sum) as floats, or (None, None) when the loss or the gradient
-    was not finite, in which case no update is made (the checkpoint can never hold NaNs).
+    `net` runs the forward (the model, or its DDP/compiled wrapper); `model` owns the parameters.
+    Returns (smoothed loss sum, NLL sum) over all processes as floats, or (None, None) when the
+    loss or the gradient was not finite, in which case no update is made (the checkpoint can
+    never hold NaNs).
     """
     import torch
 
+    from mtkit.distributed import sum_tensor
 
     t = cfg.train
-    loss_total = torch.zeros((), device=device)
-    nll_total = torch.zeros((), device=device)
-    for batch in group:
-        src = batch["src"].to(device, non_blocking=True)
-        tgt_in = batch["tgt_in"].to(device, non_blocking=True)
-        tgt_out = batch["tgt_out"].to(device, non_blocking=True)
-        with autocast:
-            logits = model(src, tgt_in)  # (B, T, V)
-        loss, nll = token_losses(logits, tgt_out, t.label_smoothing)
-        scaler.scale(loss / n_tokens).backward()  # normalised per target token of the whole group
-        loss_total += loss.detach()
-        nll_total += nll
+    on_gpu = device.startswith("cuda")
+    sums = torch.zeros(2, device=device)  # smoothed loss, NLL
+    for i, batch in enumerate(group):
+        src, tgt_in, tgt_out = ((batch[k].pin_memory() if on_gpu else batch[k]).to(device, non_blocking=True)
+                                for k in ("src", "tgt_in", "tgt_out"))
+        # DDP: average gradients over processes once per update, after the last micro-batch.
+        last = i == len(group) - 1
+        with net.no_sync() if world.distributed and not last else nullcontext():
+            with autocast:
+                logits = net(src, tgt_in)  # (B, T, V)
+            loss, nll = token_losses(logits, tgt_out, t.label_smoothing)
+            # Normalised per target token of the whole group on all processes; DDP averages
+            # over processes, hence the factor world.size.
+            scaler.scale(loss * (world.size / n_tokens)).backward()
+        sums += torch.stack([loss.detach(), nll])
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm if t.clip_norm > 0 else math.inf)
-    loss_value = float(loss_total)  # the one host sync per update: needed to refuse NaN updates
+    loss_value, nll_value = sum_tensor(world, sums).tolist()  # the one host sync per update: refuses NaN updates
     if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
         optimizer.zero_grad(set_to_none=True)
         if scaler.is_enabled():
             scaler.update()  # fp16: lets the scaler lower its scale after an overflow
             if math.isfinite(loss_value):
-                return loss_value, float(nll_total)  # an fp16 overflow in the gradient only: normal
+                return loss_value, nll_value  # an fp16 overflow in the gradient only: normal
         return None, None
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_value, float(nll_total)
+    return loss_value, nll_value
 
 
 def validate_and_track(validator, model, progress: Progress, metrics: MetricsWriter) -> bool:
@@ -335,30 +401,3 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each update (then it saves and exits)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: finishing this update, then saving last.pt (press again to abort)",
-                    signal.Signals(signum).name)
-
-    @contextmanager
-    def installed(self):
-        """Handle the signals inside the `with` block (main thread only), then restore the old handlers."""
-        old = {}
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                old[s] = signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)

@@ -77,7 +77,7 @@ def test_resume_continues_the_exact_sequence(stop_after):
     it = iter(first)
     got = [(e, b.tolist()) for e, b in itertools.islice(it, stop_after)]
     state = first.state_dict()
-    assert state == {"epoch": (stop_after - 1) // 12, "position": (stop_after - 1) % 12 + 1}
+    assert state == {"epoch": (stop_after - 1) // 12, "position": (stop_after - 1) % 12 + 1, "shards": 1}
 
     resumed = TokenBatchSampler(src, tgt, 512, seed=3)
     resumed.load_state_dict(dict(state))
@@ -130,3 +130,16 @@ def test_fast_enough_for_a_large_corpus():
     sampler = TokenBatchSampler(src, tgt, 4096, seed=0)
     sampler.epoch_batches(0)
     assert time.perf_counter() - start < 5.0  # typically ~0.2 s; generous for shared CI machines
+
+
+def test_resume_with_another_shard_count_continues_at_the_same_share_of_the_epoch():
+    src, tgt = lengths(2000)
+    two = TokenBatchSampler(src, tgt, 1024, seed=5, num_shards=2, shard=0)
+    it = iter(two)
+    for _ in range(3):
+        next(it)
+    one = TokenBatchSampler(src, tgt, 1024, seed=5)
+    one.load_state_dict(two.state_dict())  # 3 batches on each of 2 processes = 6 of the epoch
+    assert one.state_dict() == {"epoch": 0, "position": 6, "shards": 1}
+    with pytest.raises(CheckpointError, match="shards must be a whole number >= 1"):
+        one.load_state_dict({"epoch": 0, "position": 1, "shards": 0})

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import load_config
 from mtkit.errors import TrainingError
+from mtkit.interrupt import Interrupted
 from mtkit.loss import token_losses
 from mtkit.schedule import inverse_sqrt_lr
 from mtkit.tokenizer import PAD_ID
-from mtkit.train import Interrupted, train
+from mtkit.train import train
 from tests.tinyrun import tiny_config, tiny_overrides
 
 

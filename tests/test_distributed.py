@@ -1,0 +1,97 @@
+"""Distributed training on CPU: gloo, 2 processes, launched by `mtkit train --devices 2` (torch's
+launcher API, the engine behind torchrun)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtkit import distributed
+from mtkit.checkpoint import load_checkpoint
+from mtkit.errors import TrainingError
+from mtkit.train import train
+from tests.tinyrun import tiny_config, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def mtkit_train(root: Path, run: str, extra: list[str], *cli: str) -> subprocess.CompletedProcess:
+    config = root / "empty.yaml"
+    config.write_text("seed: 1\n")
+    sets = [f"--set={o}" for o in tiny_overrides(root, run, extra)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MTKIT_DEBUG")}
+    return subprocess.run([sys.executable, "-m", "mtkit", "-q", "train", str(config), *sets, *cli],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_two_processes_equal_one_process_with_two_accumulation_steps(tmp_path):
+    # Dropout off, so the only randomness is the data order, which both runs share: process k takes
+    # batches k, k+2, ... of the epoch; one process with accum_steps=2 takes them in pairs. 4
+    # updates stay inside the first epoch (9 batches; the odd one out is skipped by 2 processes).
+    steps = ["train.max_steps=4", "model.dropout=0", "train.eval_every=1"]  # a save (and sync check) per step
+    r = mtkit_train(tmp_path, "two", steps, "--devices", "2")
+    assert r.returncode == 0, r.stderr
+    assert "error" not in r.stderr
+    train(tiny_config(tmp_path, "one", [*steps, "train.accum_steps=2"]))
+    a, b = weights(tmp_path / "two" / "last.pt"), weights(tmp_path / "one" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    state = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert state["step"] == 4 and state["data"] == {"epoch": 0, "position": 4, "shards": 2}
+    assert len(state["rng_ranks"]) == 2  # each process's random state, for an exact resume
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.log")) == ["train.log"]  # rank 0 writes
+
+
+def test_two_process_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    # With dropout on, exactness needs every process's random state and data position back.
+    r = mtkit_train(tmp_path, "straight", ["train.max_steps=8", "train.eval_every=4"], "--devices", "2")
+    assert r.returncode == 0, r.stderr
+    r = mtkit_train(tmp_path, "resumed", ["train.max_steps=4", "train.eval_every=4"], "--devices", "2")
+    assert r.returncode == 0, r.stderr
+    r = mtkit_train(tmp_path, "resumed", ["train.max_steps=8", "train.eval_every=4"], "--devices", "2")
+    assert r.returncode == 0, r.stderr
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failing_process_gives_one_error_line_and_its_exit_code(tmp_path):
+    r = mtkit_train(tmp_path, "bad", [], "--devices", "2", "--init-from", str(tmp_path / "missing.pt"))
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) >= 1 and "missing.pt" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_diverged_weights_are_detected(monkeypatch):
+    world = distributed.World(rank=0, size=2)
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(distributed, "gather", lambda w, obj: [obj, (1.0, 2.0, 3.0)])
+    with pytest.raises(TrainingError, match="weights differ"):
+        distributed.check_in_sync(world, model)
+    monkeypatch.setattr(distributed, "gather", lambda w, obj: [obj, obj])
+    distributed.check_in_sync(world, model)  # equal: no error
+
+
+def test_torchrun_environment_is_read_and_checked(monkeypatch):
+    for k, v in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    w = distributed.world_from_env()
+    assert (w.rank, w.local_rank, w.size, w.local_size, w.is_main, w.distributed) == (1, 1, 4, 2, False, True)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(TrainingError, match="inconsistent"):
+        distributed.world_from_env()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(TrainingError, match="not numeric"):
+        distributed.world_from_env()
+    with pytest.raises(TrainingError, match="started by torchrun"):
+        distributed.launch(2, ["train", "x.yaml"])
