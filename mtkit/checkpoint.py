@@ -149,11 +149,15 @@ def find_resume(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     candidates = [p for p in candidates if p.exists()]
     # last.pt is written at every save, so it is never older than a step file; the step files
     # are newest first, so the first readable candidate is the newest intact checkpoint.
-    for p in candidates:
+    for i, p in enumerate(candidates):
         try:
-            return p, load_checkpoint(p)
+            state = load_checkpoint(p)
         except CheckpointError as e:
             log.warning("skipping damaged checkpoint: %s", e)
+            continue
+        if i:
+            log.warning("resuming from %s instead, the newest readable checkpoint (step %s)", p.name, state.get("step"))
+        return p, state
     if candidates:
         raise CheckpointError(
             f"{run_dir}: no readable checkpoint ({', '.join(p.name for p in candidates)} are damaged);"

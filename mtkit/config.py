@@ -46,6 +46,8 @@ class DataConfig:
     max_len: int = 128  # subword tokens per side; longer training pairs are dropped and counted
     max_len_ratio: float = 3.0  # drop training pairs whose token-length ratio exceeds this
     num_proc: Optional[int] = None  # processes for encoding; null = min(4, CPU cores)
+    upsample_min_len: Optional[int] = None  # training pairs with a source this long (tokens) or longer ...
+    upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see README "Data sources")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,9 +183,10 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], wh
     # their defaults), so one pass reports every problem; a key already reported is not repeated.
     reported = {q.split(":", 1)[0] for q in problems}
     problems.extend(q for q in cross_field_problems(cfg) if q.split(":", 1)[0] not in reported)
+    if len(problems) == 1:  # one problem: one line
+        raise ConfigError(f"{where}: {problems[0]}")
     if problems:
-        head = f"{where}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the config"
-        raise ConfigError(head + "\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{where}: {len(problems)} problems in the config\n  " + "\n  ".join(problems))
     return cfg
 
 

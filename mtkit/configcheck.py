@@ -113,6 +113,10 @@ def cross_field_problems(cfg: Config) -> list[str]:
     if d.max_len_ratio < 1.0:
         p.append(f"data.max_len_ratio: must be >= 1 (got {d.max_len_ratio})")
     positive("data.num_proc", d.num_proc)
+    positive("data.upsample_min_len", d.upsample_min_len)
+    positive("data.upsample_factor", d.upsample_factor)
+    if d.upsample_factor > 1 and d.upsample_min_len is None:
+        p.append(f"data.upsample_factor: {d.upsample_factor} needs data.upsample_min_len (which pairs to repeat)")
     if tok.vocab_size < 8:
         p.append(f"tokenizer.vocab_size: must be >= 8 (got {tok.vocab_size})")
     if not 0.98 <= tok.character_coverage <= 1.0:  # SentencePiece refuses anything lower

@@ -152,6 +152,22 @@ def prepare_eval(
     return encode_pairs(load_pairs(split, data, name, cache_dir), tokenizer, data.num_proc)
 
 
+def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int) -> np.ndarray:
+    """Row numbers of one training epoch: every pair once, and pairs whose source has at least
+    `min_len` tokens `factor` times in all (data.upsample_*). Without upsampling: 0..n-1.
+
+    Used to give a small in-domain part of a corpus more weight, e.g. Ding's example sentences
+    (the kind of text its dev and test sets hold) among its many one-word dictionary entries.
+    """
+    everything = np.arange(len(src_lens), dtype=np.int64)
+    if min_len is None or factor <= 1:
+        return everything
+    long = np.flatnonzero(np.asarray(src_lens) >= min_len)
+    log.info("upsampling: %d pairs with >= %d source tokens appear %d times per epoch (%d rows per epoch)",
+             len(long), min_len, factor, len(everything) + (factor - 1) * len(long))
+    return np.concatenate([everything] + [long] * (factor - 1))
+
+
 def make_batch(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]] | None = None,
                pad_to: int = 1) -> dict[str, torch.Tensor]:
     """Pad rows of piece ids into int64 tensors (used by training, validation and translation).

@@ -41,6 +41,7 @@ class World:
     size: int = 1  # processes on all machines
     local_size: int = 1  # processes on this machine
     control: Any = None  # process group for CPU-side messages (None: the default group)
+    launched: bool = False  # started by torchrun: DDP even for 1 process (the same code path as N)
 
     @property
     def is_main(self) -> bool:
@@ -48,7 +49,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.launched
 
 
 def world_from_env() -> World:
@@ -66,7 +67,7 @@ def world_from_env() -> World:
     if not (0 <= rank < size and 0 <= local_rank < max(local_size, 1)):
         raise TrainingError(f"torchrun environment is inconsistent (RANK={rank}, WORLD_SIZE={size},"
                             f" LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_size})")
-    return World(rank=rank, local_rank=local_rank, size=size, local_size=max(local_size, 1))
+    return World(rank=rank, local_rank=local_rank, size=size, local_size=max(local_size, 1), launched=True)
 
 
 def join(world: World, device: str) -> str:

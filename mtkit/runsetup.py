@@ -54,6 +54,9 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
         run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
             clear_run(run_dir)
+        for tmp in run_dir.glob(".*.tmp"):  # a save that a crash interrupted before its rename
+            log.warning("removed an unfinished save %s (left by a crash; the saved files are intact)", tmp.name)
+            tmp.unlink()
     found = find_resume(run_dir) if for_training else None
     if found is not None:
         path, state = found

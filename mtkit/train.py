@@ -98,7 +98,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter, init_from
 
     from mtkit import distributed, runsetup
     from mtkit.batching import TokenBatchSampler
-    from mtkit.data import make_batch, token_lengths
+    from mtkit.data import make_batch, token_lengths, upsample_index
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
     from mtkit.validate import Validator
@@ -107,8 +107,9 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter, init_from
     seed_everything(cfg.seed)
     train_ds, valid_ds = data
     src_lens, tgt_lens = token_lengths(train_ds)
+    index = upsample_index(src_lens, cfg.data.upsample_min_len, cfg.data.upsample_factor)  # epoch rows
     # Each process takes every size-th batch of the epoch's shuffled list (its shard).
-    sampler = TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True,
+    sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
                                 num_shards=world.size, shard=world.rank)
 
     tok = run.tokenizer
@@ -204,7 +205,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter, init_from
                 break
             # One update = accum_steps batches per process; the loss is normalised by the target
             # tokens of all of them on all processes.
-            group = [make_batch(*rows(train_ds, next(batches)[1]), pad_to=pad_to) for _ in range(t.accum_steps)]
+            group = [make_batch(*rows(train_ds, index[next(batches)[1]]), pad_to=pad_to)
+                     for _ in range(t.accum_steps)]
             local_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
             (n_tokens,) = distributed.agree(world, [local_tokens], "sum")
             lr = inverse_sqrt_lr(progress.step + 1, t.lr, t.warmup_steps)

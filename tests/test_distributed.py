@@ -73,7 +73,7 @@ def test_a_failing_process_gives_one_error_line_and_its_exit_code(tmp_path):
 
 
 def test_diverged_weights_are_detected(monkeypatch):
-    world = distributed.World(rank=0, size=2)
+    world = distributed.World(rank=0, size=2, launched=True)
     model = torch.nn.Linear(2, 2)
     monkeypatch.setattr(distributed, "gather", lambda w, obj: [obj, (1.0, 2.0, 3.0)])
     with pytest.raises(TrainingError, match="weights differ"):
