@@ -8,7 +8,7 @@ MTKIT := $(VENV)/bin/mtkit
 TORCH_SPEC ?= torch==2.13.0
 DEMO_TIME ?= 30m
 
-.PHONY: install test test-fast lint data demo clean-venv
+.PHONY: install test test-fast lint data demo bench clean-venv
 
 install:
 	@# Keep a torch the user already has: the venv then sees the system site-packages.
@@ -39,6 +39,15 @@ data:
 
 demo: data
 	bash bench/demo.sh $(DEMO_TIME)
+
+# Quick regression figures for mtkit alone (a minute or two; not part of `make test`):
+# training tokens/s fp32 vs bf16 on Ding batches, and decoding speed of a trained model if any.
+BENCH_MODEL ?= runs/ding-de-en/best.pt
+bench: data
+	$(PY) bench/train_speed.py --steps 5 --rounds 2
+	@if [ -f $(BENCH_MODEL) ]; then \
+	  $(PY) bench/decode_speed.py $(BENCH_MODEL) --src data/ding-de-en/test.de --limit 300; \
+	else echo "make bench: no $(BENCH_MODEL) to time decoding (train one: make demo)"; fi
 
 clean-venv:
 	rm -rf $(VENV)

@@ -157,9 +157,10 @@ def check_in_sync(world: World, model) -> None:
 
     if not world.distributed:
         return
-    with torch.no_grad():
-        flat = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
-        fingerprint = (float(flat.sum()), float(flat.abs().sum()), float((flat * flat).sum()))
+    with torch.no_grad():  # three sums per tensor, on its device, in float64
+        sums = [torch.stack([x.sum(), x.abs().sum(), (x * x).sum()])
+                for x in (p.detach().double() for p in model.parameters())]
+        fingerprint = tuple(torch.stack(sums).sum(0).tolist())
     prints = gather(world, fingerprint)
     if any(p != prints[0] for p in prints):
         raise TrainingError(f"the training processes' weights differ ({prints}); this is a bug in"

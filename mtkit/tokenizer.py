@@ -29,6 +29,7 @@ SRC_FILE, TGT_FILE = "spm.src.model", "spm.tgt.model"
 # SentencePiece refuses input_sentence_size values in 1..100 (0 would mean "all sentences").
 MIN_INPUT_SENTENCE_SIZE = 101
 REPLAY_LIMIT = 200_000  # sentences of a one-shot iterator kept for a retry (see _Replayable)
+MAX_SENTENCE_BYTES = 4192  # SentencePiece's default max_sentence_length: longer lines are left out
 
 
 class Tokenizer:
@@ -182,9 +183,11 @@ def _train_model(cfg: TokenizerConfig, sources: list[Iterable[str]], side: str) 
     vocab_size = cfg.vocab_size
     for _ in range(4):  # a lowered size is normally accepted at once; never loop forever
         writer = io.BytesIO()
+        too_long = {"lines": 0}
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=_sentences(sources),
+                sentence_iterator=_sentences(sources, too_long),
+                max_sentence_length=MAX_SENTENCE_BYTES,
                 model_writer=writer,
                 model_type=cfg.model_type,
                 vocab_size=vocab_size,
@@ -195,9 +198,14 @@ def _train_model(cfg: TokenizerConfig, sources: list[Iterable[str]], side: str) 
                 pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
                 minloglevel=2,  # keep SentencePiece's progress chatter off stderr
             )
+            if too_long["lines"]:
+                log.warning("tokenizer: %d %s line(s) longer than %d bytes were left out of tokenizer training",
+                            too_long["lines"], side, MAX_SENTENCE_BYTES)
             return writer.getvalue()
         except RuntimeError as e:
             message = str(e)
+            if too_long["lines"]:
+                message += f" ({too_long['lines']} line(s) longer than {MAX_SENTENCE_BYTES} bytes were left out)"
         too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
         if too_high and int(too_high.group(2)) < vocab_size:
             lower = int(too_high.group(2))
@@ -232,16 +240,25 @@ def _explain_failure(message: str, cfg: TokenizerConfig, side: str) -> str:
             f" (got {cfg.character_coverage})"
         )
     if "empty" in message.lower() or "no sentence" in message.lower():
+        skipped = re.search(r"\((\d+) line\(s\) longer than", message)
+        if skipped:
+            return (f"tokenizer: no {side} training line is short enough: all {skipped.group(1)} are longer than"
+                    f" {MAX_SENTENCE_BYTES} bytes (and data.max_len would drop them from training); check data.train")
         return f"tokenizer: the {side} training text is empty; check data.train"
     detail = re.sub(r"^\S*\s*src/\S+ \[[^\]]*\]\s*", "", message.strip()) or message.strip()
     return f"tokenizer: SentencePiece could not train the {side} vocabulary: {detail}"
 
 
-def _sentences(sources: list[Iterable[str]]) -> Iterator[str]:
-    """Every non-empty sentence of every source; SentencePiece rejects non-str items."""
+def _sentences(sources: list[Iterable[str]], too_long: dict[str, int]) -> Iterator[str]:
+    """Every non-empty sentence of every source (SentencePiece rejects non-str items), except those
+    over SentencePiece's length limit, which are counted in too_long["lines"] (it would skip them
+    silently)."""
     for texts in sources:
         for text in texts:
             if isinstance(text, str) and text:
+                if len(text) * 4 > MAX_SENTENCE_BYTES and len(text.encode("utf-8")) > MAX_SENTENCE_BYTES:
+                    too_long["lines"] += 1
+                    continue
                 yield text
 
 

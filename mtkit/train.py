@@ -73,6 +73,8 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     try:
         if t.threads or (world.distributed and not device.startswith("cuda")):
             torch.set_num_threads(t.threads or distributed.cpu_threads(world))
+        if device.startswith("cuda"):
+            torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores (Ampere+)
         if not world.is_main:
             distributed.barrier(world)
         run = runsetup.prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
@@ -248,18 +250,20 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter, init_from
             if progress.step % t.log_every == 0 and world.is_main:
                 log_train(metrics, progress, window, lr, started, sampler)
             if progress.step % t.eval_every == 0:
-                improved = validator is not None and validate_and_track(validator, model, progress, metrics)
+                improved = validator is not None and validator.run_and_track(model, progress, metrics)
                 save("best" if improved else "last")
                 model.train()
     # Save the final state unless nothing was trained in this call or the last update just saved.
     if progress.step != saved_step:
-        improved = validator is not None and validate_and_track(validator, model, progress, metrics)
+        improved = validator is not None and validator.run_and_track(model, progress, metrics)
         save("best" if improved else "last")
     elapsed = time.monotonic() - started
-    log.info("done: %s at step %d after %s; best dev BLEU %.2f; checkpoints in %s",
-             reason, progress.step, format_seconds(elapsed), progress.best_bleu, run.dir)
+    memory = peak_memory_mb(device)
+    log.info("done: %s at step %d after %s; best dev BLEU %.2f; peak memory %s; checkpoints in %s",
+             reason, progress.step, format_seconds(elapsed), progress.best_bleu,
+             ", ".join(f"{k} {v:,} MB" for k, v in memory.items()), run.dir)
     metrics.write("end", step=progress.step, reason=reason, elapsed_s=round(elapsed, 1),
-                  best_bleu=progress.best_bleu)
+                  best_bleu=progress.best_bleu, **{f"peak_{k}_mb": v for k, v in memory.items()})
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
 
 
@@ -323,24 +327,6 @@ def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, auto
     return loss_value, nll_value
 
 
-def validate_and_track(validator, model, progress: Progress, metrics: MetricsWriter) -> bool:
-    """Validate, log, and update best score / patience; True when BLEU improved."""
-    result = validator.run(model)
-    improved = result["bleu"] > progress.best_bleu
-    if improved:
-        progress.best_bleu = result["bleu"]
-        progress.bad_validations = 0
-    else:
-        progress.bad_validations += 1
-    log.info("valid step %d: loss %.3f ppl %.2f BLEU %.2f chrF %.2f%s (%.1fs)", progress.step,
-             result["valid_loss"], result["valid_ppl"], result["bleu"], result["chrf"],
-             " *best*" if improved else f" (best {progress.best_bleu:.2f})", result["seconds"])
-    metrics.write("valid", step=progress.step, valid_loss=result["valid_loss"], valid_nll=result["valid_nll"],
-                  valid_ppl=result["valid_ppl"], bleu=result["bleu"], chrf=result["chrf"],
-                  best_bleu=progress.best_bleu, seconds=result["seconds"], signature=result["signature"])
-    return improved
-
-
 def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: float, started: float, sampler) -> None:
     now = time.monotonic()
     tokens = max(window["tokens"], 1)
@@ -354,6 +340,18 @@ def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: floa
                   ppl=round(math.exp(min(nll, 50)), 3), lr=lr, tokens_per_s=round(tps, 1),
                   elapsed_s=round(elapsed, 2))
     window.update(loss=0.0, nll=0.0, tokens=0, t0=now)
+
+
+def peak_memory_mb(device: str) -> dict[str, int]:
+    """This process's peak resident memory (and the GPU's peak allocation on CUDA), in MB."""
+    import resource
+
+    import torch
+
+    peak = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}  # Linux: KB
+    if device.startswith("cuda"):
+        peak["gpu"] = torch.cuda.max_memory_allocated(device) // 2**20
+    return peak
 
 
 def epochs_done(sampler) -> int:

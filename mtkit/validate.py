@@ -2,17 +2,21 @@
 
 The hypotheses come from translate.translate_lines and the scores from evaluate.score, the
 same functions `mtkit translate` and `mtkit evaluate` use, so the BLEU logged for best.pt is the
-BLEU `mtkit evaluate best.pt --greedy` reproduces. It does not decide what to save (train.py does).
+BLEU `mtkit evaluate best.pt --greedy` reproduces. It keeps the best score and the early-stopping
+count; train.py decides what to save.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import replace
 from typing import Any
 
 from mtkit.config import Config
+
+log = logging.getLogger("mtkit")
 
 
 class Validator:
@@ -75,3 +79,20 @@ class Validator:
             "hyps": hyps,
             "seconds": time.monotonic() - t0,
         }
+
+    def run_and_track(self, model, progress, metrics) -> bool:
+        """Validate, log, and update progress.best_bleu / bad_validations; True when BLEU improved."""
+        result = self.run(model)
+        improved = result["bleu"] > progress.best_bleu
+        if improved:
+            progress.best_bleu = result["bleu"]
+            progress.bad_validations = 0
+        else:
+            progress.bad_validations += 1
+        log.info("valid step %d: loss %.3f ppl %.2f BLEU %.2f chrF %.2f%s (%.1fs)", progress.step,
+                 result["valid_loss"], result["valid_ppl"], result["bleu"], result["chrf"],
+                 " *best*" if improved else f" (best {progress.best_bleu:.2f})", result["seconds"])
+        metrics.write("valid", step=progress.step, valid_loss=result["valid_loss"], valid_nll=result["valid_nll"],
+                      valid_ppl=result["valid_ppl"], bleu=result["bleu"], chrf=result["chrf"],
+                      best_bleu=progress.best_bleu, seconds=result["seconds"], signature=result["signature"])
+        return improved

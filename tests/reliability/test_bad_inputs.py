@@ -116,7 +116,7 @@ CHECKPOINT_CASES = {
 }
 TRANSLATE_CASES = {
     "missing model": (lambda t, m: ["translate", str(t / "nope.pt"), "-i", str(t / "in")], 1, "nope.pt"),
-    "run dir without best.pt": (lambda t, m: ["translate", str(t)], 1, str(t)),
+    "run dir without best.pt": (lambda t, m: ["translate", str(t)], 1, "best.pt"),
     "input with invalid UTF-8": (lambda t, m: ["translate", str(m), "-i", str(write(t / "in", b"gut\n\xff\n")),
                                                "-o", str(t / "out")], 1, "line 2"),
     "input with NUL bytes": (lambda t, m: ["translate", str(m), "-i", str(write(t / "in", b"a\0b\n")),
@@ -139,7 +139,8 @@ def test_bad_input_is_one_clear_error(name, tmp_path, model):
     lines = r.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1, r.stderr  # exactly one error line (warnings before it are allowed)
-    assert named in errors[0], errors[0]
+    message = r.stderr[r.stderr.index(errors[0]):]  # the error line and its indented details, if several
+    assert named in message, message
     assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
     # nothing left pretending to be complete, and the code in the evil pickle never ran
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()

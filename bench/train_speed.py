@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Training throughput of mtkit: target (non-pad) tokens/s per precision, side by side.
+
+Builds the config's model and its real training batches (the run dir's tokenizer and data cache;
+both are made when missing), then times full updates (forward, label-smoothed loss, backward,
+clipping, Adam) with mtkit's own train_step. Precisions alternate in rounds (A B A B ...) so
+machine noise hits all alike; the figure is the median over the timed updates after warm-up. The
+same run measures this CPU's matmul peak with a large torch.mm, and reports the model's FLOPs per
+target token and the utilisation of that peak. Prints the settings, a table and one JSON line.
+
+usage: python bench/train_speed.py [--config configs/ding-de-en.yaml] [--batch-tokens 4096]
+                                   [--precisions fp32 bf16] [--steps 10] [--rounds 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def matmul_peak(dtype, n: int = 2048, repeat: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n**3 * repeat / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=Path("configs/ding-de-en.yaml"))
+    p.add_argument("--run-dir", type=Path, default=None, help="tokenizer + data cache (default: the config's)")
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=10, help="timed updates per precision per round")
+    p.add_argument("--warmup", type=int, default=3, help="untimed updates before each timed block")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time bf16/fp32 through torch.compile")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
+    args = p.parse_args()
+
+    import torch
+
+    from mtkit import runsetup
+    from mtkit.batching import TokenBatchSampler
+    from mtkit.config import load_config
+    from mtkit.data import make_batch, token_lengths
+    from mtkit.distributed import World
+    from mtkit.model import Transformer
+    from mtkit.runlog import setup_logging
+    from mtkit.tokenizer import PAD_ID
+    from mtkit.train import make_optimizer, rows, train_step
+
+    setup_logging(-1)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [f"train.batch_tokens={args.batch_tokens}", *args.overrides])
+    run_dir = args.run_dir or Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = runsetup.Run(dir=run_dir, tokenizer=runsetup.get_tokenizer(cfg, run_dir))
+    train_ds, _ = runsetup.prepare_data(cfg, run)
+    src_lens, tgt_lens = token_lengths(train_ds)
+    sampler = TokenBatchSampler(src_lens, tgt_lens, args.batch_tokens, seed=cfg.seed)
+    batches = iter(sampler)
+    tok = run.tokenizer
+    models = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> (model, forward module, optimizer)
+    settings = args.precisions + ([f"{p}+compile" for p in args.precisions] if args.compile else [])
+    for setting in settings:
+        torch.manual_seed(cfg.seed)
+        model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+        net = torch.compile(model, dynamic=True) if setting.endswith("+compile") else model
+        models[setting] = (model, net, make_optimizer(model, cfg))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+
+    per_step: dict[str, list[float]] = {s: [] for s in settings}
+    tokens: dict[str, list[int]] = {s: [] for s in settings}
+    shapes = []
+    for _ in range(args.rounds):
+        for setting in settings:
+            model, net, optimizer = models[setting]
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting.startswith("bf16") else nullcontext()
+            for i in range(args.warmup + args.steps):
+                batch = make_batch(*rows(train_ds, next(batches)[1]))
+                n = int((batch["tgt_out"] != PAD_ID).sum())
+                t0 = time.perf_counter()
+                train_step(net, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
+                if i >= args.warmup:
+                    per_step[setting].append(time.perf_counter() - t0)
+                    tokens[setting].append(n)
+                    shapes.append((batch["src"].shape[1], batch["tgt_in"].shape[1]))
+    src_len = statistics.mean(s for s, _ in shapes)
+    tgt_len = statistics.mean(t for _, t in shapes)
+    flops = models[settings[0]][0].flops_per_target_token(round(src_len), round(tgt_len))
+    result = {"config": str(args.config), "batch_tokens": args.batch_tokens, "threads": args.threads,
+              "torch": torch.__version__, "params": models[settings[0]][0].num_parameters(),
+              "mflop_per_target_token": round(flops / 1e6, 1),
+              "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "precisions": {}}
+    for setting in settings:
+        tok_s = statistics.median(n / s for n, s in zip(tokens[setting], per_step[setting]))
+        result["precisions"][setting] = {
+            "tokens_per_s": round(tok_s), "real_target_tokens_per_batch": round(statistics.mean(tokens[setting])),
+            "seconds_per_update": round(statistics.median(per_step[setting]), 3),
+            "utilisation_of_fp32_peak": round(tok_s * flops / peaks["fp32"], 3)}
+    base = result["precisions"][settings[0]]["tokens_per_s"]
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(f"mtkit train speed: {args.config}, {result['params']:,} parameters, batch_tokens {args.batch_tokens},"
+          f" {args.threads} threads, {args.rounds} rounds x {args.steps} timed updates, torch {torch.__version__}")
+    print(f"  matmul peak (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s;"
+          f" model {flops / 1e6:.1f} MFLOP per target token")
+    print(f"  {'setting':<13} {'tok/s':>8} {'x':>6} {'s/update':>9} {'real tok/batch':>15} {'% fp32 peak':>12}")
+    for precision, r in result["precisions"].items():
+        print(f"  {precision:<13} {r['tokens_per_s']:>8} {r['tokens_per_s'] / base:>6.2f} {r['seconds_per_update']:>9}"
+              f" {r['real_target_tokens_per_batch']:>15} {100 * r['utilisation_of_fp32_peak']:>11.0f}%")
+    print(json.dumps({"bench": "train_speed", **result}))
+
+
+if __name__ == "__main__":
+    main()
