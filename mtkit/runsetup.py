@@ -34,6 +34,7 @@ class Run:
     resume_state: dict[str, Any] | None = None
     init_path: Path | None = None  # --init-from: the parent checkpoint (fine-tuning)
     init_state: dict[str, Any] | None = None
+    lock: Any = None  # the open run_dir/.lock file: held while this process trains (see lock_run_dir)
 
 
 def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = True,
@@ -43,15 +44,30 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
     With `init_from` (and nothing to resume) the new run starts from that checkpoint's weights and
     uses its tokenizer, since the weights only make sense with the vocabulary they were trained on.
     `readonly` (training processes other than rank 0, after rank 0 prepared the dir) writes nothing.
+    The returned Run holds the run dir's lock (`Run.lock`, None when readonly); close it when done.
     """
-    from mtkit.checkpoint import find_resume, load_checkpoint
-    from mtkit.tokenizer import Tokenizer
-
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"run_dir {run_dir}: exists and is not a directory; choose another run_dir")
+    lock = None
     if not readonly:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_run_dir(run_dir)
+    try:
+        run = _open_run(cfg, run_dir, overwrite, for_training, init_from, readonly)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    run.lock = lock
+    return run
+
+
+def _open_run(cfg: Config, run_dir: Path, overwrite: bool, for_training: bool, init_from, readonly: bool) -> Run:
+    from mtkit.checkpoint import find_resume, load_checkpoint
+    from mtkit.tokenizer import Tokenizer
+
+    if not readonly:
         if overwrite:
             clear_run(run_dir)
         for tmp in run_dir.glob(".*.tmp"):  # a save that a crash interrupted before its rename
@@ -86,6 +102,27 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
     if for_training and not readonly:
         write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     return run
+
+
+def lock_run_dir(run_dir: Path):
+    """Take run_dir/.lock so that a second `mtkit train` on the same run dir cannot overwrite this
+    one's checkpoints. The OS releases the lock when the process ends, even by kill -9."""
+    import fcntl
+
+    f = open(run_dir / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise TrainingError(f"{run_dir}: another `mtkit train` is using this run dir ({holder}); wait for it"
+                            " to finish, stop it, or choose another run_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def clear_run(run_dir: Path) -> None:

@@ -78,19 +78,23 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
         if not world.is_main:
             distributed.barrier(world)
         run = runsetup.prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
-        data = runsetup.prepare_data(cfg, run)
-        if world.is_main:
-            distributed.barrier(world)
-        file_log = add_log_file(run.dir / "train.log") if world.is_main else None
-        metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
         try:
-            return _train(cfg, run, data, world, device, metrics, init_from)
+            data = runsetup.prepare_data(cfg, run)
+            if world.is_main:
+                distributed.barrier(world)
+            file_log = add_log_file(run.dir / "train.log") if world.is_main else None
+            metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
+            try:
+                return _train(cfg, run, data, world, device, metrics, init_from)
+            finally:
+                close_progress_bar()
+                metrics.close()
+                if file_log is not None:
+                    log.removeHandler(file_log)
+                    file_log.close()
         finally:
-            close_progress_bar()
-            metrics.close()
-            if file_log is not None:
-                log.removeHandler(file_log)
-                file_log.close()
+            if run.lock is not None:
+                run.lock.close()  # lets the next `mtkit train` on this run dir start
     finally:
         distributed.leave(world)
 

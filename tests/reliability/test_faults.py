@@ -147,3 +147,18 @@ def test_out_of_memory_batch_is_skipped_and_repeated_oom_stops_with_advice(tmp_p
     with pytest.raises(TrainingError, match="lower train.batch_tokens"):
         train(tiny_config(tmp_path, "run2", ["train.max_bad_steps=2"]))
     assert not (tmp_path / "run2" / "last.pt").exists()  # nothing trained, nothing saved
+
+
+def test_a_second_train_on_a_run_dir_in_use_is_refused(tmp_path):
+    from mtkit.runsetup import lock_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = lock_run_dir(run)  # as another `mtkit train` would hold it (flock: per open file)
+    try:
+        with pytest.raises(TrainingError, match="another `mtkit train` is using this run dir .pid "):
+            train(tiny_config(tmp_path, "run", ["train.max_steps=2"]))
+        assert not (run / "last.pt").exists()
+    finally:
+        other.close()
+    assert train(tiny_config(tmp_path, "run", ["train.max_steps=2"]))["step"] == 2  # free again
