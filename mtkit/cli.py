@@ -184,7 +184,8 @@ def train_cmd(
     try:
         train(cfg, overwrite=overwrite, init_from=str(init_from) if init_from else None)
     except Interrupted as e:
-        typer.echo(str(e), err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once
+            typer.echo(str(e), err=True)
         raise typer.Exit(e.exit_code) from None
 
 

@@ -33,8 +33,8 @@ class StopFlag:
                 raise KeyboardInterrupt
             return
         self.signum = signum
-        log.warning("%s received: finishing this update, then saving last.pt (press again to abort)",
-                    signal.Signals(signum).name)
+        log.warning("%s received: finishing this update, then saving last.pt%s", signal.Signals(signum).name,
+                    " (press again to abort)" if self.escalate else "")
 
     @contextmanager
     def installed(self):

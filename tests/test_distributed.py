@@ -98,3 +98,25 @@ def test_torchrun_environment_is_read_and_checked(monkeypatch):
         distributed.world_from_env()
     with pytest.raises(TrainingError, match="started by torchrun"):
         distributed.launch(2, ["train", "x.yaml"])
+
+
+def test_ctrl_c_stops_every_process_after_saving(tmp_path):
+    import signal
+    import time
+
+    config = tmp_path / "empty.yaml"
+    config.write_text("seed: 1\n")
+    over = tiny_overrides(tmp_path, "run", ["train.max_steps=100000", "train.eval_every=100000", "train.log_every=5"])
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MTKIT_DEBUG")}
+    p = subprocess.Popen([sys.executable, "-m", "mtkit", "train", str(config), *[f"--set={o}" for o in over],
+                          "--devices", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)  # its own process group, as a terminal's job
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.exists() and '"event": "train"' in metrics.read_text()):
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the launcher and both training processes
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err.count("stopped by SIGINT") == 1 and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 5
