@@ -136,11 +136,10 @@ def test_help_and_config_errors_answer_fast(tmp_path):
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     """SIGKILL after a save loses only the steps since it; the resumed run ends bit-identical."""
-    import torch
 
     from mtkit.checkpoint import load_checkpoint
     from mtkit.train import train
-    from tests.tinyrun import tiny_config
+    from tests.tinyrun import same_weights, tiny_config
 
     over = tiny_overrides(tmp_path, extra=["train.max_steps=40", "train.eval_every=10", "train.log_every=1"])
     p = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))
@@ -161,9 +160,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert r.returncode == 0, err
     assert f"resumed from {tmp_path / 'run'}" in err
     train(tiny_config(tmp_path, "straight", ["train.max_steps=40", "train.eval_every=10", "train.log_every=1"]))
-    a = load_checkpoint(tmp_path / "run/last.pt")["model"]
-    b = load_checkpoint(tmp_path / "straight/last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "run/last.pt", tmp_path / "straight/last.pt")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from mtkit import distributed
 from mtkit.checkpoint import load_checkpoint
 from mtkit.errors import TrainingError
 from mtkit.train import train
-from tests.tinyrun import tiny_config, tiny_overrides
+from tests.tinyrun import checkpoint_weights, same_weights, tiny_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -30,10 +30,6 @@ def mtkit_train(root: Path, run: str, extra: list[str], *cli: str) -> subprocess
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
 def test_two_processes_equal_one_process_with_two_accumulation_steps(tmp_path):
     # Dropout off, so the only randomness is the data order, which both runs share: process k takes
     # batches k, k+2, ... of the epoch; one process with accum_steps=2 takes them in pairs. 4
@@ -43,7 +39,7 @@ def test_two_processes_equal_one_process_with_two_accumulation_steps(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "error" not in r.stderr
     train(tiny_config(tmp_path, "one", [*steps, "train.accum_steps=2"]))
-    a, b = weights(tmp_path / "two" / "last.pt"), weights(tmp_path / "one" / "last.pt")
+    a, b = checkpoint_weights(tmp_path / "two" / "last.pt"), checkpoint_weights(tmp_path / "one" / "last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     state = load_checkpoint(tmp_path / "two" / "last.pt")
@@ -60,8 +56,7 @@ def test_two_process_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr
     r = mtkit_train(tmp_path, "resumed", ["train.max_steps=8", "train.eval_every=4"], "--devices", "2")
     assert r.returncode == 0, r.stderr
-    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
 
 
 def test_a_failing_process_gives_one_error_line_and_its_exit_code(tmp_path):

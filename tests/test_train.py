@@ -17,7 +17,7 @@ from mtkit.loss import token_losses
 from mtkit.schedule import inverse_sqrt_lr
 from mtkit.tokenizer import PAD_ID
 from mtkit.train import train
-from tests.tinyrun import tiny_config, tiny_overrides
+from tests.tinyrun import checkpoint_weights, tiny_config, tiny_overrides
 
 
 def test_inverse_sqrt_schedule_shape():
@@ -78,17 +78,13 @@ def test_training_writes_every_artifact(tmp_path):
     assert "optimizer" in state and "rng" in state and "data" in state
 
 
-def _weights(path):
-    return load_checkpoint(path)["model"]
-
-
 def test_resume_equals_uninterrupted(tmp_path):
     """A run stopped at step 10 and resumed ends with exactly the weights of one that never stopped."""
     train(tiny_config(tmp_path, "straight"))
     train(tiny_config(tmp_path, "stopped", ["train.max_steps=10"]))
     summary = train(tiny_config(tmp_path, "stopped"))  # max_steps 20: resumes at 10
     assert summary["step"] == 20
-    a, b = _weights(tmp_path / "straight/last.pt"), _weights(tmp_path / "stopped/last.pt")
+    a, b = checkpoint_weights(tmp_path / "straight/last.pt"), checkpoint_weights(tmp_path / "stopped/last.pt")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -98,9 +94,9 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_finished_run_does_nothing_more(tmp_path):
     train(tiny_config(tmp_path))
-    before = _weights(tmp_path / "run/last.pt")
+    before = checkpoint_weights(tmp_path / "run/last.pt")
     assert train(tiny_config(tmp_path))["step"] == 20
-    after = _weights(tmp_path / "run/last.pt")
+    after = checkpoint_weights(tmp_path / "run/last.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mtkit.checkpoint import load_checkpoint
 from mtkit.config import Config, load_config
 from mtkit.synthetic import write_task
 
@@ -38,3 +39,16 @@ def tiny_overrides(root: Path, run: str = "run", extra: list[str] | tuple[str, .
 
 def tiny_config(root: Path, run: str = "run", extra: list[str] | tuple[str, ...] = ()) -> Config:
     return load_config(None, tiny_overrides(root, run, extra))
+
+
+def checkpoint_weights(path: Path) -> dict:
+    """The model weights a checkpoint holds (name -> tensor)."""
+    return load_checkpoint(path)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold bit-identical weights under the same names."""
+    import torch
+
+    x, y = checkpoint_weights(a), checkpoint_weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

@@ -20,7 +20,7 @@ import mtkit.checkpoint as ck
 from mtkit.checkpoint import load_checkpoint
 from mtkit.errors import CheckpointError, TrainingError
 from mtkit.train import train
-from tests.tinyrun import tiny_config, tiny_overrides
+from tests.tinyrun import same_weights, tiny_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["train.max_steps=20", "train.eval_every=5", "train.keep_last=4"]
@@ -41,15 +41,6 @@ from mtkit.cli import main
 sys.argv = ["mtkit", *sys.argv[1:]]
 main()
 """
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    x, y = weights(a), weights(b)
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 @pytest.fixture(scope="module")
