@@ -21,7 +21,7 @@ def token_losses(logits, target, label_smoothing: float):
 
     from mtkit.tokenizer import PAD_ID
 
-    # One log-softmax serves both sums (a second logsumexp pass for the NLL cost ~5% of a step).
+    # One log-softmax serves both sums (a second logsumexp pass for the NLL cost ~8% of a step).
     lprobs = F.log_softmax(logits.float().view(-1, logits.size(-1)), dim=-1)  # (B*T, V)
     target = target.view(-1)  # (B*T,)
     real = target != PAD_ID  # (B*T,)

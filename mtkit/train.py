@@ -12,7 +12,7 @@ import math
 import random
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,8 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     if not world.is_main:
         setup_logging(-1)  # warnings and errors only; rank 0 tells the story
     device = distributed.join(world, resolve_device(t.device))
-    try:
+    with ExitStack() as cleanup:  # undone in reverse order, however training ends
+        cleanup.callback(distributed.leave, world)
         if t.threads or (world.distributed and not device.startswith("cuda")):
             torch.set_num_threads(t.threads or distributed.cpu_threads(world))
         if device.startswith("cuda"):
@@ -78,28 +79,21 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
         if not world.is_main:
             distributed.barrier(world)
         run = runsetup.prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
-        try:
-            data = runsetup.prepare_data(cfg, run)
-            if world.is_main:
-                distributed.barrier(world)
-            file_log = add_log_file(run.dir / "train.log") if world.is_main else None
-            metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
-            try:
-                return _train(cfg, run, data, world, device, metrics, init_from)
-            finally:
-                close_progress_bar()
-                metrics.close()
-                if file_log is not None:
-                    log.removeHandler(file_log)
-                    file_log.close()
-        finally:
-            if run.lock is not None:
-                run.lock.close()  # lets the next `mtkit train` on this run dir start
-    finally:
-        distributed.leave(world)
+        if run.lock is not None:
+            cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
+        data = runsetup.prepare_data(cfg, run)
+        if world.is_main:
+            distributed.barrier(world)
+            file_log = add_log_file(run.dir / "train.log")
+            cleanup.callback(file_log.close)
+            cleanup.callback(log.removeHandler, file_log)
+        metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
+        cleanup.callback(metrics.close)
+        cleanup.callback(close_progress_bar)
+        return _train(cfg, run, data, world, device, metrics)
 
 
-def _train(cfg, run, data, world, device: str, metrics: MetricsWriter, init_from: str | None) -> dict[str, Any]:
+def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[str, Any]:
     import torch
 
     from mtkit import distributed, runsetup
