@@ -397,10 +397,18 @@ class DecoderCache:
                 and masks are then left as they are instead of copied, which saves a copy of
                 L*2*B*S*D numbers per step.
         """
-        # One index_select over all layers' keys and values; it copies the whole capacity, which
-        # is less than twice the filled part.
-        self.self_kv = self.self_kv.index_select(2, index)
-        if not same_source:
+        if same_source:
+            # Reordering beams: copy only the rows whose beam changed parent, and only their filled
+            # slots, in place (the gather on the right is a copy, so rows may swap). Most beams keep
+            # their parent, so this moves a fraction of what copying every row would; the nonzero
+            # is a host sync, cheap beside the copy it saves.
+            moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
+            if moved.numel():
+                t = self.length
+                self.self_kv[:, :, moved, :, :t] = self.self_kv[:, :, index[moved], :, :t]
+        else:
+            # Rows are dropped or duplicated too: one index_select over all layers' keys and values.
+            self.self_kv = self.self_kv.index_select(2, index)
             self.cross_kv = self.cross_kv.index_select(2, index)
             self.src_pad_mask = self.src_pad_mask.index_select(0, index)
             self.src_attend_mask = attend_mask_from_padding(self.src_pad_mask)

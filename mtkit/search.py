@@ -74,7 +74,7 @@ def search(model: Any, src: Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]
     if cfg.beam_size == 1:
         return [[h] for h in greedy_search(model, src, **limits)]
     return beam_search(model, src, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
-                       nbest=cfg.nbest, **limits)
+                       nbest=cfg.nbest, stopping=cfg.stopping, **limits)
 
 
 @torch.inference_mode()
@@ -136,7 +136,7 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
 
 @torch.inference_mode()
 def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: float, max_len_a: float,
-                max_len_b: int, nbest: int = 1, bos: int = 2, eos: int = 3,
+                max_len_b: int, nbest: int = 1, stopping: str = "exact", bos: int = 2, eos: int = 3,
                 pad: int = 0) -> list[list[Hypothesis]]:
     """Batched beam search with GNMT length penalty and an exact stopping rule.
 
@@ -150,6 +150,13 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
     stops there. The search is exact given the beam: no finished-count heuristic cuts off a live
     beam that could still win.
 
+    NOTE (differs from exact search): stopping="early" bounds a live beam by the score it would get
+    if it ended at the next step, log_prob_now / lp(its length + EOS), instead of at the longest
+    allowed length (as Hugging Face's beam search without early_stopping does). With alpha > 0 that can stop
+    before a longer hypothesis that would have scored better (tests/test_search.py shows one);
+    in return a sentence stops as soon as its best live beam falls behind, instead of running
+    on towards its length limit. With alpha 0 both rules are the same.
+
     Args:
         model: has encode / start_cache / decode_step and a cache with select (see model.py).
         src: (B, S) source ids, each sentence ending in EOS, right-padded with `pad`.
@@ -158,6 +165,7 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
         max_len_a, max_len_b: at most int(max_len_a * src_len + max_len_b) output tokens (EOS not
             counted); at the limit EOS is forced.
         nbest: hypotheses returned per sentence, <= beam_size.
+        stopping: "exact" (the bound above) or "early" (the NOTE above).
 
     Returns:
         B lists of `nbest` hypotheses, best score first (fewer only if the model gives fewer
@@ -167,6 +175,8 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
         raise ValueError(f"need 1 <= nbest <= beam_size (got nbest={nbest}, beam_size={beam_size})")
     if length_penalty < 0:  # the stopping bound assumes lp grows with length
         raise ValueError(f"length_penalty must be >= 0 (got {length_penalty})")
+    if stopping not in ("exact", "early"):
+        raise ValueError(f"stopping must be 'exact' or 'early' (got {stopping!r})")
     K, N, alpha = beam_size, nbest, length_penalty
     with _eval_mode(model):
         limits = _max_lengths(src, max_len_a, max_len_b, pad)  # host list, one sync
@@ -220,7 +230,10 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
             hist[:, :, t] = word
 
             # Stop when no live beam can beat the nbest-th finished hypothesis (see docstring).
-            bound = scores[:, 0] / lp_max  # (n,) best score any live beam can still reach
+            if stopping == "exact":
+                bound = scores[:, 0] / lp_max  # (n,) best score any live beam can still reach
+            else:  # early: the best live beam's score if it ended now
+                bound = scores[:, 0] / _gnmt(t + 2, alpha)  # its t + 1 tokens + EOS
             done_t = fin_score[:, N - 1] >= bound
             if at_limit is not None:
                 done_t |= at_limit

@@ -68,7 +68,7 @@ class ScriptedModel:
         return torch.tensor(rows).log()  # (B', V): log(p) are valid unnormalised logits
 
 
-GREEDY_TRAP, LENGTH, EOS_KEPT, LIVE_WINS, LIMIT = 10, 11, 12, 13, 14
+GREEDY_TRAP, LENGTH, EOS_KEPT, LIVE_WINS, LIMIT, DIP = 10, 11, 12, 13, 14, 15
 TABLES = {
     # Greedy takes "a" (.5) then "a" (.35) then EOS (.5): [a a] with p = .5 * .35 * .5 = .0875.
     # Beam 2 also keeps "b" (.4), whose EOS (.9) gives [b] with p = .36.
@@ -92,6 +92,14 @@ TABLES = {
     EOS_KEPT: {(): {EOS: 0.4, A: 0.6}, "default": {A: 0.8, EOS: 0.2}},
     # [] finishes at step 0 (p .4), but the live "a" (.6) goes on to [a] with p .54 and wins.
     LIVE_WINS: {(): {EOS: 0.4, A: 0.6}, "default": {EOS: 0.9, A: 0.1}},
+    # alpha 1: [] scores log .5 = -0.693. The live "a a" dips to log(.5 * .75) / lp(3) = -0.736
+    # (below []) before [a a a] ends at log(.5 * .75 * .99 * .99) / lp(4) = -0.667 (above []).
+    DIP: {
+        (): {EOS: 0.5, A: 0.5},
+        (A,): {A: 0.75, EOS: 0.25},
+        (A, A): {A: 0.99, EOS: 0.01},
+        "default": {EOS: 0.99, A: 0.01},
+    },
     # EOS is never likely: only the length limit ends a hypothesis.
     LIMIT: {"default": {A: 0.97, EOS: 0.03}},
 }
@@ -350,3 +358,22 @@ def test_random_model_batch_independence(make_model):
             assert same(one, together[i]) and same(one, reversed_[i])
     g = greedy_search(model, src, **LIMITS)
     assert all(same(greedy_search(model, s, **LIMITS), [g[i]]) for i, s in enumerate(alone))
+
+
+def test_early_stopping_trades_the_exact_bound_for_fewer_steps():
+    # DIP, alpha 1: after step 1 the live "a a" would score -0.736 if it ended, below the finished
+    # [] (-0.693): "early" stops there with [], while the exact bound (-0.981 / lp(6) = -0.535)
+    # keeps it alive to find [a a a] (-0.667), which wins.
+    exact, early = ScriptedModel(), ScriptedModel()
+    kw = dict(beam_size=2, length_penalty=1.0, max_len_a=0.0, max_len_b=5)
+    check(beam_search(exact, batch([DIP]), **kw)[0][0], [A, A, A], log(0.5 * 0.75 * 0.99 * 0.99), length_alpha=1.0)
+    check(beam_search(early, batch([DIP]), stopping="early", **kw)[0][0], [], log(0.5))
+    assert len(early.rows_per_step) == 2 < len(exact.rows_per_step)
+    # alpha 0: log-probs only fall, so both rules are the same search.
+    for sents in ([LIVE_WINS], [EOS_KEPT], [GREEDY_TRAP], [LENGTH, A], [DIP]):
+        kw = dict(beam_size=2, length_penalty=0.0, nbest=2, max_len_a=0.0, max_len_b=5)
+        exact = beam_search(ScriptedModel(), batch(sents), **kw)
+        early = beam_search(ScriptedModel(), batch(sents), stopping="early", **kw)
+        assert [[(h.tokens, h.score) for h in hs] for hs in early] == [[(h.tokens, h.score) for h in hs] for hs in exact]
+    with pytest.raises(ValueError, match="stopping"):
+        beam_search(ScriptedModel(), batch([DIP]), stopping="fast", **kw)
