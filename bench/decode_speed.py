@@ -1,7 +1,11 @@
 """Decoding speed of an mtkit checkpoint: sentences/s and target tokens/s, greedy and beam.
 
 usage: python bench/decode_speed.py MODEL --src data/ding-de-en/test.de [--beams 1 5] [--threads 2]
-                                    [--batch-tokens 4096] [--ref data/ding-de-en/test.en]
+                                    [--batch-tokens 4096 | --batch-sents 32] [--ref data/ding-de-en/test.en]
+
+Batches: mtkit's own (--batch-tokens: length-sorted, at most N padded source tokens each), or
+--batch-sents N as OpenNMT-py and CTranslate2 batch: the sentences sorted by length and cut into
+batches of N sentences.
 
 Model loading is excluded from the timing; each setting is run once to warm up, then timed.
 Prints the settings and a table, then one JSON line with every figure.
@@ -32,6 +36,7 @@ def main() -> None:
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--batch-sents", type=int, default=None, help="batches of N length-sorted sentences instead")
     ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
     args = ap.parse_args()
 
@@ -45,14 +50,24 @@ def main() -> None:
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()
+    batching = f"{args.batch_sents} sentences" if args.batch_sents else f"{args.batch_tokens} tokens"
     print(f"model {args.model}: {model.num_parameters():,} parameters; {len(lines)} sentences from {args.src};"
-          f" threads {args.threads}; batch_tokens {args.batch_tokens}; torch {torch.__version__}")
+          f" threads {args.threads}; batches: {batching}; torch {torch.__version__}")
     rows = []
+    if args.batch_sents:  # length-sorted chunks of N sentences, each translated as one batch
+        order = sorted(range(len(lines)), key=lambda i: len(tok.encode_src([lines[i]])[0]))
+        chunks = [order[i: i + args.batch_sents] for i in range(0, len(order), args.batch_sents)]
+    else:
+        chunks = [list(range(len(lines)))]
+    batch_tokens = 10**9 if args.batch_sents else args.batch_tokens
     for beam in args.beams:
-        decode = replace(cfg.decode, beam_size=beam, nbest=1, batch_tokens=args.batch_tokens)
+        decode = replace(cfg.decode, beam_size=beam, nbest=1, batch_tokens=batch_tokens)
         translate_lines(model, tok, lines[:64], decode)  # warm-up
+        out = [None] * len(lines)
         t0 = time.perf_counter()
-        out = translate_lines(model, tok, lines, decode)
+        for chunk in chunks:
+            for i, ts in zip(chunk, translate_lines(model, tok, [lines[i] for i in chunk], decode)):
+                out[i] = ts
         seconds = time.perf_counter() - t0
         hyps = [ts[0].text for ts in out]
         tgt_tokens = sum(len(ids) + 1 for ids in tok.encode_tgt(hyps))  # + EOS, as generated
@@ -68,7 +83,7 @@ def main() -> None:
               + (f" {r['bleu']:>6.2f}" if refs else ""))
     print(f"peak RSS {peak:.0f} MB (after loading the model: {rss_loaded:.0f} MB)")
     print(json.dumps({"model": args.model, "sentences": len(lines), "threads": args.threads,
-                      "batch_tokens": args.batch_tokens, "results": rows, "peak_rss_mb": round(peak)}))
+                      "batching": batching, "results": rows, "peak_rss_mb": round(peak)}))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,32 @@ def test_train_speed_benchmark_runs_on_tiny_settings(tmp_path):
     assert set(result["precisions"]) == {"fp32", "bf16"}
     assert all(p["tokens_per_s"] > 0 for p in result["precisions"].values())
     assert result["mflop_per_target_token"] > 0 and result["matmul_peak_gflops"]["fp32"] > 0
+
+
+def test_peer_log_parsers_read_target_tokens_per_second(tmp_path):
+    """bench/peers/ reads the peers' own throughput lines (samples from OpenNMT-py 3.5.1 and JoeyNMT
+    2.3.0 logs), and the noam factor puts OpenNMT-py's peak learning rate where mtkit's is."""
+    sys.path.insert(0, str(ROOT / "bench" / "peers"))
+    try:
+        import joey
+        import opennmt
+    finally:
+        sys.path.remove(str(ROOT / "bench" / "peers"))
+    (tmp_path / "onmt").mkdir()
+    (tmp_path / "onmt" / "train.log").write_text(
+        "[2026-11-29 00:12:22,890 INFO] Step  5/   20; acc: 11.7; ppl: 5784.5; xent: 8.7; lr: 0.00090; sents:"
+        "    1844; bsz: 1902/2143/369; 392/442 tok/s;     24 sec;\n"
+        "[2026-11-29 00:12:33,387 INFO] Step 10/   20; acc: 15.5; ppl: 2348.9; xent: 7.8; lr: 0.00143; sents:"
+        "    1364; bsz: 1565/1760/273; 745/838 tok/s;     35 sec;\n")
+    out = opennmt.throughput(tmp_path / "onmt", skip=1)
+    assert (out["median_tgt_tok_s"], out["intervals"], out["mean_real_tgt_tokens_per_batch"]) == (838, 2, 1760)
+    (tmp_path / "joey").mkdir()
+    line = ("2026-11-29 00:16:11,547 - INFO - joeynmt.training - Epoch   1, Step:       {}, Batch Loss:     7.244275,"
+            " Batch Acc: 0.171111, Tokens per Sec:      {}, Lr: 0.000150\n")
+    # JoeyNMT logs each line twice (console and its own log file): each step counts once.
+    (tmp_path / "joey" / "train.log").write_text(line.format(5, 204) * 2 + line.format(10, 248) * 2)
+    out = joey.throughput(tmp_path / "joey", skip=0)
+    assert (out["intervals"], out["min_tgt_tok_s"], out["max_tgt_tok_s"]) == (2, 204, 248)
+    # noam: lr(step) = factor * d^-0.5 * min(step^-0.5, step * W^-1.5) peaks at step W with the value P.
+    factor, d, w = opennmt.noam_factor(1.5e-3, 200), 256, 200
+    assert abs(factor * d**-0.5 * min(w**-0.5, w * w**-1.5) - 1.5e-3) < 1e-12

@@ -145,3 +145,12 @@ def test_decode_speed_benchmark_runs(trained):
     figures = json.loads(r.stdout.strip().splitlines()[-1])
     assert [row["beam"] for row in figures["results"]] == [1, 2]
     assert all(row["sentences_per_s"] > 0 and "bleu" in row for row in figures["results"])
+    # Batches of N length-sorted sentences (as OpenNMT-py and CTranslate2 batch) translate the same:
+    # search results do not depend on what else is in the batch.
+    r = subprocess.run([sys.executable, str(script), str(root / "run"), "--src", str(root / "data/test.src"),
+                        "--ref", str(root / "data/test.tgt"), "--beams", "1", "2", "--threads", "1",
+                        "--batch-sents", "3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    by_sents = json.loads(r.stdout.strip().splitlines()[-1])
+    assert by_sents["batching"] == "3 sentences"
+    assert [row["bleu"] for row in by_sents["results"]] == [row["bleu"] for row in figures["results"]]
