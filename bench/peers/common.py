@@ -195,3 +195,27 @@ def driver_translate_args(args, result: Path) -> list[str]:
            "--threads", str(args.threads), "--warmup-sents", str(args.warmup_sents),
            "--pieces", str(args.out) + ".pieces", "--result", str(result)]
     return out + (["--limit", str(args.limit)] if args.limit else [])
+
+
+def toolkit_cli(doc: str, train, throughput, translate, model_help: str, train_extra=None, translate_extra=None) -> None:
+    """The command line of opennmt.py and joey.py: train, throughput and translate sub-commands."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tp = sub.add_parser("train", help="write the config and train")
+    add_train_args(tp)
+    if train_extra:
+        train_extra(tp)
+    t = sub.add_parser("throughput", help="target tokens/s from a run's train.log")
+    t.add_argument("run_dir", type=Path)
+    t.add_argument("--skip", type=int, default=2)
+    tr = sub.add_parser("translate", help="time translating a piece file (model load excluded)")
+    add_translate_args(tr, model_help)
+    if translate_extra:
+        translate_extra(tr)
+    args = ap.parse_args()
+    if args.cmd == "train":
+        train(args)
+    elif args.cmd == "throughput":
+        throughput(args.run_dir, args.skip)
+    else:
+        translate(args)

@@ -48,7 +48,6 @@ pieces joined by spaces (JoeyNMT does not detokenize word-level data); it only p
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -151,23 +150,12 @@ def translate(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    common.add_train_args(sub.add_parser("train", help="write the config and train"))
-    t = sub.add_parser("throughput", help="target tokens/s from a run's train.log")
-    t.add_argument("run_dir", type=Path)
-    t.add_argument("--skip", type=int, default=2)
-    tr = sub.add_parser("translate", help="time translating a piece file (model load excluded)")
-    common.add_translate_args(tr, "a JoeyNMT checkpoint (DIR/model/latest.ckpt or N.ckpt)")
-    tr.add_argument("--max-output-length", type=int, default=-1,
-                    help="max output pieces; -1: JoeyNMT's default, 1.5 x the batch's longest source")
-    args = ap.parse_args()
-    if args.cmd == "train":
-        train(args)
-    elif args.cmd == "throughput":
-        throughput(args.run_dir, args.skip)
-    else:
-        translate(args)
+    def translate_extra(tr):
+        tr.add_argument("--max-output-length", type=int, default=-1,
+                        help="max output pieces; -1: JoeyNMT's default, 1.5 x the batch's longest source")
+
+    common.toolkit_cli(__doc__, train, throughput, translate, "a JoeyNMT checkpoint (DIR/model/latest.ckpt or N.ckpt)",
+                       translate_extra=translate_extra)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ validation and the checkpoint save). X is source pieces/s.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -151,27 +150,17 @@ def translate(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tp = sub.add_parser("train", help="write the config and train")
-    common.add_train_args(tp)
-    tp.add_argument("--num-workers", type=int, default=0,
-                    help="OpenNMT-py data loader processes (its default 2; 0 = in the training process)")
-    t = sub.add_parser("throughput", help="target tokens/s from a run's train.log")
-    t.add_argument("run_dir", type=Path)
-    t.add_argument("--skip", type=int, default=2)
-    tr = sub.add_parser("translate", help="time translating a piece file (model load excluded)")
-    common.add_translate_args(tr, "an OpenNMT-py checkpoint (DIR/model_step_N.pt)")
-    tr.add_argument("--max-length", type=int, default=250, help="max output pieces (OpenNMT-py's default 250)")
-    tr.add_argument("--max-length-ratio", type=float, default=1.5,
-                    help="per batch: at most longest source * R + 5 pieces (OpenNMT-py's default 1.25; mtkit's a 1.5)")
-    args = ap.parse_args()
-    if args.cmd == "train":
-        train(args)
-    elif args.cmd == "throughput":
-        throughput(args.run_dir, args.skip)
-    else:
-        translate(args)
+    def train_extra(tp):
+        tp.add_argument("--num-workers", type=int, default=0,
+                        help="OpenNMT-py data loader processes (its default 2; 0 = in the training process)")
+
+    def translate_extra(tr):
+        tr.add_argument("--max-length", type=int, default=250, help="max output pieces (OpenNMT-py's default 250)")
+        tr.add_argument("--max-length-ratio", type=float, default=1.5,
+                        help="per batch: at most longest source * R + 5 pieces (OpenNMT-py's default 1.25; mtkit's a 1.5)")
+
+    common.toolkit_cli(__doc__, train, throughput, translate, "an OpenNMT-py checkpoint (DIR/model_step_N.pt)",
+                       train_extra, translate_extra)
 
 
 if __name__ == "__main__":
