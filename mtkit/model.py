@@ -1,14 +1,15 @@
-"""The Transformer of Vaswani et al. (2017): embeddings, encoder, decoder and a KV cache for search.
+"""The Transformer of Vaswani et al. (2017): embeddings, encoder and decoder.
 
 Builds the network from a ModelConfig and computes logits: teacher-forced `forward` for training,
-`encode` + `start_cache` + `decode_step` for incremental decoding. It does not compute the loss,
-search for translations, tokenize, or save and load checkpoints (train.py, search.py,
-tokenizer.py and checkpoint.py do).
+`encode` + `start_cache` + `decode_step` for incremental decoding (the cache itself: cache.py).
+It does not compute the loss, search for translations, tokenize, or save and load checkpoints
+(train.py, search.py, tokenizer.py and checkpoint.py do).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,11 @@ from torch import Tensor, nn
 from mtkit.config import ModelConfig
 from mtkit.errors import ConfigError
 
+if TYPE_CHECKING:
+    from mtkit.cache import DecoderCache
+
 PAD_ID = 0  # padding id unless the tokenizer says otherwise (passed as Transformer(pad_id=...))
 INITIAL_POSITIONS = 1024  # rows of the sinusoid table built up front; a longer input extends it
-INITIAL_CACHE = 16  # decoder self-attention cache slots allocated up front; doubled when full
 
 
 def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None) -> Tensor:
@@ -305,6 +308,8 @@ class Transformer(nn.Module):
                           for w in (layer.cross_attn.w_k.weight, layer.cross_attn.w_v.weight)])
         cross_kv = F.linear(memory, w_kv).view(B, S, L, 2, H, d_k)  # (B, S, L, 2, H, d_k)
         # Contiguous (L, 2, B, H, S, d_k): each layer's K and V are then plain (B, H, S, d_k) tensors.
+        from mtkit.cache import DecoderCache  # (cache.py imports this module)
+
         return DecoderCache(cross_kv.permute(2, 3, 0, 4, 1, 5).contiguous(), src_pad_mask)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
@@ -348,67 +353,3 @@ class Transformer(nn.Module):
         cross_kv = 2 * N_d * 2 * D * D
         decoder = 2 * N_d * (6 * D * D + 2 * D * c.d_ff) + N_d * 4 * (T + S) * D + 2 * D * V
         return 3.0 * (S * (encoder + cross_kv) + T * decoder) / T
-
-
-class DecoderCache:
-    """Per-row decoder state for incremental decoding; made by `Transformer.start_cache`.
-
-    Attributes:
-        length: positions decoded so far; the next token goes at position `length`.
-        self_kv: (L, 2, B, H, capacity, d_k) each decoder layer's self-attention keys [0] and
-            values [1]; slots 0..length-1 are filled.
-        cross_kv: (L, 2, B, H, S, d_k) each layer's encoder-decoder keys and values.
-        src_pad_mask: (B, S) True = padding.
-        src_attend_mask: (B, 1, 1, S) True = may attend (not padding).
-    """
-
-    def __init__(self, cross_kv: Tensor, src_pad_mask: Tensor):
-        L, _, B, H, _, d_k = cross_kv.shape
-        self.cross_kv, self.src_pad_mask = cross_kv, src_pad_mask
-        self.src_attend_mask = attend_mask_from_padding(src_pad_mask)
-        # A preallocated buffer written in place: appending with torch.cat would copy all the past
-        # keys every step (O(T^2) copying per sentence); here a step writes one slot and a full
-        # buffer doubles, so copying is O(T) in all.
-        self.self_kv = cross_kv.new_empty(L, 2, B, H, INITIAL_CACHE, d_k)
-        self.length = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.src_pad_mask.size(0)
-
-    def reserve(self, length: int) -> None:
-        """Make room for `length` positions, doubling the buffer when it is full."""
-        capacity = self.self_kv.size(4)
-        if length > capacity:
-            L, _, B, H, _, d_k = self.self_kv.shape
-            grown = self.self_kv.new_empty(L, 2, B, H, max(length, 2 * capacity), d_k)
-            grown[:, :, :, :, : self.length] = self.self_kv[:, :, :, :, : self.length]
-            self.self_kv = grown
-
-    def select(self, index: Tensor, *, same_source: bool = False) -> None:
-        """Keep, reorder or duplicate rows (new row i = old row index[i]) of the self-attention cache,
-        the cross-attention keys and values and the source masks. Beam search uses it to expand
-        each sentence to K beams, reorder beams and drop finished sentences.
-
-        Args:
-            index: (B',) long, rows of the current cache.
-            same_source: promise that every new row i and its old row index[i] hold the same source
-                sentence (reordering beams within each sentence); the cross-attention keys, values
-                and masks are then left as they are instead of copied, which saves a copy of
-                L*2*B*S*D numbers per step.
-        """
-        if same_source:
-            # Reordering beams: copy only the rows whose beam changed parent, and only their filled
-            # slots, in place (the gather on the right is a copy, so rows may swap). Most beams keep
-            # their parent, so this moves a fraction of what copying every row would; the nonzero
-            # is a host sync, cheap beside the copy it saves.
-            moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
-            if moved.numel():
-                t = self.length
-                self.self_kv[:, :, moved, :, :t] = self.self_kv[:, :, index[moved], :, :t]
-        else:
-            # Rows are dropped or duplicated too: one index_select over all layers' keys and values.
-            self.self_kv = self.self_kv.index_select(2, index)
-            self.cross_kv = self.cross_kv.index_select(2, index)
-            self.src_pad_mask = self.src_pad_mask.index_select(0, index)
-            self.src_attend_mask = attend_mask_from_padding(self.src_pad_mask)

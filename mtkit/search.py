@@ -306,7 +306,7 @@ def _select(cache: Any, index: Tensor, same_source: bool = False) -> Any:
     """cache.select(index), whether it works in place (returns None) or returns a new cache.
 
     `same_source=True` promises that row i and old row index[i] hold the same source sentence, so
-    the cache may keep its cross-attention keys and values (model.DecoderCache.select).
+    the cache may keep its cross-attention keys and values (cache.DecoderCache.select).
     """
     new = cache.select(index, same_source=True) if same_source else cache.select(index)
     return cache if new is None else new

@@ -201,6 +201,27 @@ def test_cache_select_same_source_skips_memory():
         assert close(step, model(src.expand(2, 5), tgt[[1, 1]])[:, 2])
 
 
+def test_beam_reorder_copies_rows_in_place_either_way():
+    from mtkit.cache import reorder_rows
+
+    kv = torch.randn(2, 2, 4, 3, 8, 5)  # (L, 2, B, H, capacity, d_k)
+    index = torch.tensor([2, 0, 0, 3])  # rows swap, duplicate and stay
+    for moved_only in (True, False):
+        got = kv.clone()
+        reorder_rows(got, index, 6, moved_only=moved_only)
+        assert torch.equal(got[..., :6, :], kv[:, :, index, :, :6])
+        assert torch.equal(got[..., 6:, :], kv[..., 6:, :])  # slots past the length untouched
+    model = tiny()
+    src, tgt = tokens(1, 5), tokens(3, 4, seed=3)
+    with torch.no_grad():  # three beams of one sentence, reordered as beam search does
+        cache = model.start_cache(*model.encode(src.expand(3, 5)))
+        for t in range(3):
+            model.decode_step(tgt[:, t], cache)
+        cache.select(torch.tensor([2, 0, 0]), same_source=True)
+        step = model.decode_step(tgt[[2, 0, 0], 3], cache)
+        assert close(step, model(src.expand(3, 5), tgt[[2, 0, 0]])[:, 3])
+
+
 # ----------------------------------------------------------------------------- parameters
 
 
