@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--batch-sents", type=int, default=None, help="batches of N length-sorted sentences instead")
     ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="decode.precision")
     args = ap.parse_args()
 
     import torch
@@ -47,12 +48,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, tok, cfg = load_model(args.model, "cpu")
+    if args.precision == "bf16":  # as `mtkit translate --set decode.precision=bf16`
+        model.to(torch.bfloat16)
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()
     batching = f"{args.batch_sents} sentences" if args.batch_sents else f"{args.batch_tokens} tokens"
     print(f"model {args.model}: {model.num_parameters():,} parameters; {len(lines)} sentences from {args.src};"
-          f" threads {args.threads}; batches: {batching}; torch {torch.__version__}")
+          f" threads {args.threads}; batches: {batching}; {args.precision}; torch {torch.__version__}")
     rows = []
     if args.batch_sents:  # length-sorted chunks of N sentences, each translated as one batch
         order = sorted(range(len(lines)), key=lambda i: len(tok.encode_src([lines[i]])[0]))
@@ -83,7 +86,7 @@ def main() -> None:
               + (f" {r['bleu']:>6.2f}" if refs else ""))
     print(f"peak RSS {peak:.0f} MB (after loading the model: {rss_loaded:.0f} MB)")
     print(json.dumps({"model": args.model, "sentences": len(lines), "threads": args.threads,
-                      "batching": batching, "results": rows, "peak_rss_mb": round(peak)}))
+                      "batching": batching, "precision": args.precision, "results": rows, "peak_rss_mb": round(peak)}))
 
 
 if __name__ == "__main__":

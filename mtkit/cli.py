@@ -204,7 +204,12 @@ def _load(model: str, device: str, set_: Optional[List[str]], beam, greedy, nbes
         if bad:
             raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
         cfg = apply_overrides(cfg, set_, where="--set")
-    return net, tok, decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens), dev
+    decode = decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
+    if decode.precision == "bf16":  # bf16 weights: matmuls on the CPU's bf16 units (or a GPU's tensor cores)
+        import torch
+
+        net.to(torch.bfloat16)
+    return net, tok, decode, dev
 
 
 @app.command("translate")

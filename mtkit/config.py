@@ -105,7 +105,8 @@ class DecodeConfig:
     max_len_a: float = 1.5  # output length limit is max_len_a * src_len + max_len_b
     max_len_b: int = 10
     nbest: int = 1  # hypotheses returned per sentence (<= beam_size)
-    stopping: str = "early"  # when a beam-search sentence stops: early | exact (see search.py)
+    stopping: Literal["early", "exact"] = "early"  # when a beam-search sentence stops (see search.py)
+    precision: Literal["fp32", "bf16"] = "fp32"  # weights and activations while translating (softmax in fp32)
     batch_tokens: int = 4096  # padded source tokens per decoding batch
     max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
 
@@ -141,6 +142,7 @@ RESUMABLE_KEYS = frozenset(
         "decode.max_len_b",
         "decode.nbest",
         "decode.stopping",
+        "decode.precision",
         "decode.batch_tokens",
         "decode.max_input_tokens",
         "data.num_proc",

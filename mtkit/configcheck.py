@@ -151,8 +151,6 @@ def cross_field_problems(cfg: Config) -> list[str]:
     positive("decode.max_len_b", dec.max_len_b, allow_zero=True)
     positive("decode.batch_tokens", dec.batch_tokens)
     positive("decode.nbest", dec.nbest)
-    if dec.stopping not in ("exact", "early"):
-        p.append(f"decode.stopping: must be exact or early (got {dec.stopping!r})")
     positive("decode.max_input_tokens", dec.max_input_tokens)
     if dec.nbest > dec.beam_size > 0:
         p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")

@@ -99,7 +99,7 @@ decode: {beam_size: 0}
     ("data: {train: {src: a, tgt: b}}\ntokenizer: {joint: false}\n", "model.tie_embeddings: needs tokenizer.joint"),
     ("data: {train: {src: a, tgt: b}}\nmodel: {dropout: 1.5}\n", "model.dropout: must be in [0, 1)"),
     ("data: {train: {src: a, tgt: b}}\ndecode: {nbest: 6}\n", "decode.nbest: must be <= decode.beam_size=5"),
-    ("data: {train: {src: a, tgt: b}}\ndecode: {stopping: fast}\n", "decode.stopping: must be exact or early (got 'fast')"),
+    ("data: {train: {src: a, tgt: b}}\ndecode: {stopping: fast}\n", "decode.stopping: expected one of early, exact (got 'fast')"),
     ("data: {train: {src: a, tgt: b}}\nmodel: 3\n", "model: expected a mapping of keys (got 3)"),
     ("data: {train: {src: a, tgt: b}}\ntrain: {accum_steps: 1.5}\n", "train.accum_steps: expected a whole number"),
     ("data: {train: {src: a, tgt: b}}\nmodel: {norm_first: 'yes'}\n", "model.norm_first: expected true or false"),
