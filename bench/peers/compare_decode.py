@@ -5,8 +5,8 @@ usage: python bench/peers/compare_decode.py --spm SPM --mtkit MTKIT_CKPT --onmt 
            [--joey-limit 100] [--src data/ding-de-en/test.de --ref data/ding-de-en/test.en]
 
 Each toolkit translates the Ding test set (1,000 sentences) with its own trained model, in
-batches of 32 length-sorted sentences (mtkit also with its own 4096-token batches), greedy and
-beam 5, 2 threads, model load excluded and an untimed warm-up first; one process per setting, so
+batches of 32 length-sorted sentences (mtkit also with its own 4096-token batches, and in fp32
+and bf16: decode.precision), greedy and beam 5, 2 threads, model load excluded and an untimed warm-up first; one process per setting, so
 each peak RSS is that setting's own. CTranslate2 runs the OpenNMT-py model converted with
 ct2-opennmt-py-converter (float32 and int8; converted here when missing). JoeyNMT has no
 incremental decoding cache and is slow: it translates only the first --joey-limit sentences,
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--batch-sents", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--joey-limit", type=int, default=100)
+    ap.add_argument("--mtkit-precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="decode.precision settings to time mtkit with")
     ap.add_argument("--src", type=Path, default=ROOT / "data/ding-de-en/test.de", help="raw source text (mtkit)")
     ap.add_argument("--ref", type=Path, default=ROOT / "data/ding-de-en/test.en")
     args = ap.parse_args()
@@ -66,12 +68,14 @@ def main() -> None:
     for beam in args.beams:
         common_args = ["--beam", str(beam), "--batch-sents", str(args.batch_sents), "--threads", str(args.threads),
                        "--spm", str(args.spm), "--ref", str(args.ref), "--src", str(pieces)]
-        for batching in ([f"{args.batch_sents} sentences", "4096 tokens"]):
-            flag = ["--batch-sents", str(args.batch_sents)] if "sentences" in batching else ["--batch-tokens", "4096"]
-            r = run([py, str(ROOT / "bench/decode_speed.py"), str(args.mtkit), "--src", str(args.src), "--ref",
-                     str(args.ref), "--beams", str(beam), "--threads", str(args.threads), *flag])
-            rows.append({"toolkit": "mtkit", "batch": batching, "sentences": r["sentences"], **r["results"][0],
-                         "peak_rss_mb": r["peak_rss_mb"]})
+        for precision in args.mtkit_precisions:
+            for batching in ([f"{args.batch_sents} sentences", "4096 tokens"]):
+                flag = ["--batch-sents", str(args.batch_sents)] if "sentences" in batching else ["--batch-tokens", "4096"]
+                r = run([py, str(ROOT / "bench/decode_speed.py"), str(args.mtkit), "--src", str(args.src), "--ref",
+                         str(args.ref), "--beams", str(beam), "--threads", str(args.threads), "--precision", precision,
+                         *flag])
+                rows.append({"toolkit": f"mtkit {precision}", "batch": batching, "sentences": r["sentences"],
+                             **r["results"][0], "peak_rss_mb": r["peak_rss_mb"]})
         peers = []
         if args.onmt:
             peers += [("OpenNMT-py 3.5.1", [py, str(here / "opennmt.py"), "translate", "--model", str(args.onmt)]),

@@ -1,6 +1,6 @@
 """Training throughput of mtkit, OpenNMT-py and JoeyNMT side by side, in rounds (A B C A B C).
 
-usage: python bench/peers/compare_train.py --spm runs/ding-final/tokenizer/spm.model
+usage: python bench/peers/compare_train.py --spm runs/ding-de-en/tokenizer/spm.model
            [--rounds 2] [--steps 60] [--joey-steps 40] [--report-every 10] [--threads 2]
            [--precisions fp32 bf16] [--only mtkit onmt joey]
 
@@ -14,7 +14,8 @@ second of wall time of each report interval, data loading included (mtkit: metri
 over the intervals after the first `--skip` of every round. The same run measures this CPU's
 fp32 matmul peak with a 2048^3 torch.mm and reports the utilisation of that peak at the model's
 FLOPs per target token (mtkit's Transformer.flops_per_target_token at the data's mean lengths:
-the same model, so the same FLOPs, for all three). Prints settings, a table and one JSON line.
+the same model, so the same FLOPs, for all three), and each run's peak RSS (the largest over the
+rounds). Prints settings, a table and one JSON line.
 
 mtkit runs `mtkit train configs/ding-de-en.yaml` with the shape and batch above set by --set (the
 config's own dropout 0 and upsampling are set back to 0.1 and off here, to match the peers).
@@ -81,7 +82,8 @@ def run_mtkit(precision: str, out: Path, args) -> list[dict]:
     if rc != 0:
         sys.exit(f"error: mtkit failed (exit code {rc}); see {out / 'console.log'}")
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{"step": e["step"], "tgt_tok_s": e["tokens_per_s"]} for e in events if e["event"] == "train"]
+    rss = [e["peak_rss_mb"] for e in events if e["event"] == "end"]
+    return [{"step": e["step"], "tgt_tok_s": e["tokens_per_s"]} for e in events if e["event"] == "train"], rss[-1]
 
 
 def run_peer(script: str, out: Path, steps: int, report_every: int, args) -> list[dict]:
@@ -93,13 +95,14 @@ def run_peer(script: str, out: Path, steps: int, report_every: int, args) -> lis
     if proc.returncode != 0 or not summary:
         sys.exit(f"error: {script} failed (exit code {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     log = (out / "train.log").read_text(encoding="utf-8", errors="replace")
+    rss = json.loads(summary[-1]).get("peak_rss_mb")
     mod = __import__(script.removesuffix(".py"))
     rows = []
     for m in mod.REPORT.finditer(log):
         step, tps = (int(m[1]), float(m[6])) if script == "opennmt.py" else (int(m[2]), float(m[3]))
         if not rows or rows[-1]["step"] != step:  # JoeyNMT logs each line twice (console and file)
             rows.append({"step": step, "tgt_tok_s": tps})
-    return rows
+    return rows, rss
 
 
 def main() -> None:
@@ -121,19 +124,21 @@ def main() -> None:
         (["OpenNMT-py 3.5.1"] if "onmt" in args.only else []) + (["JoeyNMT 2.3.0"] if "joey" in args.only else [])
     shutil.rmtree(RUNS, ignore_errors=True)
     values: dict[str, list[float]] = {s: [] for s in settings}
+    rss: dict[str, list[int]] = {s: [] for s in settings}
     peaks = [matmul_peak_gflops(args.threads)]
     for r in range(args.rounds):
         for s in settings:
             out = RUNS / f"{s.split()[0].lower()}-{s.split()[-1]}-{r}"
             if s.startswith("mtkit"):
-                rows = run_mtkit(s.split()[1], out, args)
+                rows, peak_rss = run_mtkit(s.split()[1], out, args)
             elif s.startswith("OpenNMT"):
-                rows = run_peer("opennmt.py", out, args.steps, args.report_every, args)
+                rows, peak_rss = run_peer("opennmt.py", out, args.steps, args.report_every, args)
             else:
-                rows = run_peer("joey.py", out, args.joey_steps, max(1, args.report_every // 2), args)
+                rows, peak_rss = run_peer("joey.py", out, args.joey_steps, max(1, args.report_every // 2), args)
             used = [row["tgt_tok_s"] for row in rows[args.skip:]]
             print(f"  round {r + 1} {s}: " + ", ".join(f"{v:.0f}" for v in used) + " target tok/s", flush=True)
             values[s].extend(used)
+            rss[s].append(peak_rss)
         peaks.append(matmul_peak_gflops(args.threads))
     peak = statistics.median(peaks)
     mflop, S, T = mflop_per_token(args.spm, common.DATA)
@@ -146,13 +151,14 @@ def main() -> None:
     print(f"training throughput, {args.rounds} rounds, {args.threads} threads, 4096-token batches; fp32 matmul peak"
           f" {peak:.0f} GFLOP/s (median of {len(peaks)}); model {mflop:.1f} MFLOP per target token"
           f" (mean lengths {S:.1f} / {T:.1f} with EOS)")
-    print(f"  {'toolkit':<18} {'tgt tok/s':>10} {'x OpenNMT-py':>13} {'% fp32 peak':>12} {'intervals':>10}")
+    print(f"  {'toolkit':<18} {'tgt tok/s':>10} {'x OpenNMT-py':>13} {'% fp32 peak':>12} {'intervals':>10} {'peak RSS':>9}")
     for s, v in values.items():
         med = statistics.median(v)
         util = med * mflop * 1e6 / (peak * 1e9)
         res["toolkits"][s] = {"median_tgt_tok_s": round(med), "intervals": len(v), "utilisation_of_fp32_peak": round(util, 3),
-                              "x_opennmt": round(med / base, 2) if base else None}
-        print(f"  {s:<18} {med:>10.0f} {med / base if base else float('nan'):>13.2f} {100 * util:>11.0f}% {len(v):>10}")
+                              "x_opennmt": round(med / base, 2) if base else None, "peak_rss_mb": max(rss[s])}
+        print(f"  {s:<18} {med:>10.0f} {med / base if base else float('nan'):>13.2f} {100 * util:>11.0f}% {len(v):>10}"
+              f" {max(rss[s]):>6} MB")
     print(json.dumps(res))
 
 

@@ -1,6 +1,6 @@
 """Piece files and vocabularies for the peer toolkits, from mtkit's SentencePiece model.
 
-usage: python bench/peers/prepare.py --spm runs/ding-final/tokenizer/spm.model
+usage: python bench/peers/prepare.py --spm runs/ding-de-en/tokenizer/spm.model
            [--data data/ding-de-en] [--out bench/.cache/peers/data] [--src de --tgt en]
            [--max-len 128 --max-len-ratio 3.0] [--upsample-min-len 10 --upsample-factor 5] [--threads 1]
 
