@@ -44,12 +44,11 @@ def main() -> None:
     import torch
 
     from mtkit.evaluate import read_text_lines, score
-    from mtkit.translate import load_model, translate_lines
+    from mtkit.translate import cast_for_decoding, load_model, translate_lines
 
     torch.set_num_threads(args.threads)
     model, tok, cfg = load_model(args.model, "cpu")
-    if args.precision == "bf16":  # as `mtkit translate --set decode.precision=bf16`
-        model.to(torch.bfloat16)
+    model = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()
@@ -58,7 +57,8 @@ def main() -> None:
           f" threads {args.threads}; batches: {batching}; {args.precision}; torch {torch.__version__}")
     rows = []
     if args.batch_sents:  # length-sorted chunks of N sentences, each translated as one batch
-        order = sorted(range(len(lines)), key=lambda i: len(tok.encode_src([lines[i]])[0]))
+        lengths = [len(ids) for ids in tok.encode_src(lines)]
+        order = sorted(range(len(lines)), key=lengths.__getitem__)
         chunks = [order[i: i + args.batch_sents] for i in range(0, len(order), args.batch_sents)]
     else:
         chunks = [list(range(len(lines)))]

@@ -195,7 +195,7 @@ def train_cmd(
 def _load(model: str, device: str, set_: Optional[List[str]], beam, greedy, nbest=None, batch_tokens=None):
     from mtkit.config import apply_overrides
     from mtkit.train import resolve_device
-    from mtkit.translate import decode_settings, load_model
+    from mtkit.translate import cast_for_decoding, decode_settings, load_model
 
     dev = resolve_device(device)
     net, tok, cfg = load_model(model, dev)
@@ -205,11 +205,7 @@ def _load(model: str, device: str, set_: Optional[List[str]], beam, greedy, nbes
             raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
         cfg = apply_overrides(cfg, set_, where="--set")
     decode = decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
-    if decode.precision == "bf16":  # bf16 weights: matmuls on the CPU's bf16 units (or a GPU's tensor cores)
-        import torch
-
-        net.to(torch.bfloat16)
-    return net, tok, decode, dev
+    return cast_for_decoding(net, decode.precision), tok, decode, dev
 
 
 @app.command("translate")

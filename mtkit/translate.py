@@ -50,6 +50,14 @@ def load_model(model_path: str | Path, device: str = "cpu"):
     return model, tok, cfg
 
 
+def cast_for_decoding(model, precision: str):
+    """Apply decode.precision: "bf16" turns the weights to bf16, so the matmuls run on the CPU's bf16
+    units (or a GPU's tensor cores); search keeps its log-softmax and scores in fp32."""
+    import torch
+
+    return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
 def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, device: str = "cpu",
                     first_line_no: int = 1) -> list[list[Translation]]:
     """Translate a list of sentences; returns `decode.nbest` translations per line, best first.
