@@ -65,6 +65,26 @@ def children_peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
+def run_captured(cmd: list[str], echo: bool = False) -> str:
+    """Run a benchmark command (from the repository root) and return its stdout; on failure, exit
+    with its exit code and the end of its output. echo: also print its lines other than JSON."""
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"error: exit code {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    if echo:
+        print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith("{")), flush=True)
+    return proc.stdout
+
+
+def last_json(text: str) -> dict:
+    """The last JSON line a benchmark command printed (every one ends with its figures)."""
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines:
+        sys.exit(f"error: no JSON result in the output:\n{text[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def tail(path: Path, n: int = 15) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
 
@@ -97,11 +117,12 @@ def check_train_args(args) -> None:
 
 
 def throughput_summary(toolkit: str, what: str, rows: list[dict], skip: int, extra: dict) -> dict:
-    """rows: one dict per report interval with 'step' and 'tgt_tok_s'. Prints and returns the summary."""
+    """rows: one dict per report interval with 'step' and 'tgt_tok_s'. Prints and returns the summary
+    (with the counted intervals' tok/s as "tgt_tok_s")."""
     used = rows[skip:] if len(rows) > skip else rows
     values = [r["tgt_tok_s"] for r in used]
     out = {"bench": "peer_train_speed", "toolkit": toolkit, "counts": what, "intervals": len(rows),
-           "skipped": len(rows) - len(used), **extra}
+           "skipped": len(rows) - len(used), "tgt_tok_s": values, **extra}
     if values:
         out.update(median_tgt_tok_s=round(statistics.median(values)), min_tgt_tok_s=round(min(values)),
                    max_tgt_tok_s=round(max(values)), last_step=rows[-1]["step"])
@@ -219,3 +240,15 @@ def toolkit_cli(doc: str, train, throughput, translate, model_help: str, train_e
         throughput(args.run_dir, args.skip)
     else:
         translate(args)
+
+
+def finish_training(args, rc: int, wall: float, checkpoint: Path | None, throughput, extra: dict) -> None:
+    """After a peer's training command: its log's tail, exit code, last checkpoint, peak RSS and
+    throughput summary; exits with the toolkit's exit code if it failed."""
+    print(tail(args.out / "train.log", 6))
+    print(f"exit code {rc}, {wall:.0f} s; last checkpoint: {checkpoint or 'none'}")
+    print(f"peak RSS of the training process: {children_peak_rss_mb()} MB")
+    throughput(args.out, args.skip, extra={"exit_code": rc, "wall_s": round(wall), "peak_rss_mb": children_peak_rss_mb(),
+                                           "last_checkpoint": str(checkpoint) if checkpoint else None, **extra})
+    if rc != 0:
+        sys.exit(rc)

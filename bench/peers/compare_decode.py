@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,14 +30,8 @@ OUT = common.PEERS / "runs" / "decode"
 
 
 def run(cmd: list[str]) -> dict:
-    """Run a benchmark command (mtkit's venv) and return the JSON line it ends with."""
-    print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"error: exit code {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith("{")), flush=True)
-    return json.loads(lines[-1])
+    """Run a benchmark command (mtkit's venv), show its report and return the JSON line it ends with."""
+    return common.last_json(common.run_captured(cmd, echo=True))
 
 
 def main() -> None:

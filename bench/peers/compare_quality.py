@@ -23,35 +23,31 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import common
+import opennmt
 
 ROOT = common.ROOT
 RUNS = common.PEERS / "runs"
 
 
-def run(cmd: list[str]) -> str:
-    print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.exit(f"error: exit code {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def last_json(text: str) -> dict:
-    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+run, last_json = common.run_captured, common.last_json
 
 
 def mtkit_quality(args) -> dict:
     run_dir = args.mtkit_run or RUNS / f"mtkit-{args.minutes:g}m"
     metrics = run_dir / "metrics.jsonl"
-    if not (metrics.exists() and '"event": "end"' in metrics.read_text()):
+
+    def ends() -> list[dict]:  # the run's "end" events: it finished
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        return [json.loads(line) for line in lines if '"event": "end"' in line]
+
+    if not ends():
         run([str(ROOT / ".venv/bin/mtkit"), "-q", "train", "configs/ding-de-en.yaml", "--set", f"run_dir={run_dir}",
              "--set", f"train.max_time={args.minutes:g}m"])
-    end = [json.loads(line) for line in metrics.read_text().splitlines() if '"event": "end"' in line][-1]
+    end = ends()[-1]
     out = run([str(ROOT / ".venv/bin/mtkit"), "evaluate", str(run_dir / "last.pt"), "--src", "data/ding-de-en/test.de",
                "--ref", "data/ding-de-en/test.en", "--beam", str(args.beam), "--json",
                "-o", str(run_dir / f"test.last.beam{args.beam}.en")])
@@ -67,15 +63,14 @@ def peer_train_args(args, out: Path) -> list[str]:
 
 def onmt_quality(args) -> dict:
     out = RUNS / f"onmt-{args.minutes:g}m"
-    step = lambda p: int(p.stem.rsplit("_", 1)[1])  # noqa: E731
-    done = out / "train.log"
-    if not (done.exists() and "budget:" in done.read_text() and "spent" in done.read_text()):
+    log = out / "train.log"
+    if not (log.exists() and re.search(r"budget: .* spent", log.read_text())):  # not finished yet
         run([sys.executable, str(Path(__file__).parent / "opennmt.py"), *peer_train_args(args, out), "--valid-steps", "400"])
-    ckpt = max(out.glob("model_step_*.pt"), key=step)
+    ckpt = opennmt.last_checkpoint(out)
     res = last_json(run([sys.executable, str(Path(__file__).parent / "opennmt.py"), "translate", "--model", str(ckpt),
                          "--spm", str(args.spm), "--ref", "data/ding-de-en/test.en", "--beam", str(args.beam),
                          "--out", str(out / f"test.beam{args.beam}.en")]))
-    return {"toolkit": "OpenNMT-py 3.5.1", "run": str(out), "updates": step(ckpt), **_scores(res)}
+    return {"toolkit": "OpenNMT-py 3.5.1", "run": str(out), "updates": opennmt.checkpoint_step(ckpt), **_scores(res)}
 
 
 def joey_quality(args) -> dict:

@@ -27,12 +27,12 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import common
+
+sys.path.insert(0, str(common.ROOT / "bench"))  # for train_speed.matmul_peak
 
 ROOT = common.ROOT
 RUNS = common.PEERS / "runs" / "speed"
@@ -40,16 +40,13 @@ MTKIT_SET = ["model.dropout=0.1", "data.upsample_factor=1", "train.batch_tokens=
              "train.warmup_steps=4000", "train.lr=0.0007", "train.eval_every=1000000", "train.max_time=null"]
 
 
-def matmul_peak_gflops(threads: int, n: int = 2048, repeat: int = 10) -> float:
+def matmul_peak_gflops(threads: int) -> float:
+    """This CPU's fp32 matmul peak, measured as bench/train_speed.py measures it."""
     import torch
+    from train_speed import matmul_peak
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    return 2 * n**3 * repeat / (time.perf_counter() - t0) / 1e9
+    return matmul_peak(torch.float32) / 1e9
 
 
 def mflop_per_token(spm: Path, data: Path) -> tuple[float, float, float]:
@@ -70,7 +67,8 @@ def mflop_per_token(spm: Path, data: Path) -> tuple[float, float, float]:
     return model.flops_per_target_token(round(S), round(T)) / 1e6, S, T
 
 
-def run_mtkit(precision: str, out: Path, args) -> list[dict]:
+def run_mtkit(precision: str, out: Path, args) -> tuple[list[float], int]:
+    """tok/s of the report intervals after the first `args.skip`, and the run's peak RSS (MB)."""
     out.mkdir(parents=True)
     (out / "tokenizer").mkdir()
     for f in args.spm.parent.iterdir():  # the same SentencePiece model as the peers' pieces
@@ -83,26 +81,17 @@ def run_mtkit(precision: str, out: Path, args) -> list[dict]:
         sys.exit(f"error: mtkit failed (exit code {rc}); see {out / 'console.log'}")
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rss = [e["peak_rss_mb"] for e in events if e["event"] == "end"]
-    return [{"step": e["step"], "tgt_tok_s": e["tokens_per_s"]} for e in events if e["event"] == "train"], rss[-1]
+    return [e["tokens_per_s"] for e in events if e["event"] == "train"][args.skip:], rss[-1]
 
 
-def run_peer(script: str, out: Path, steps: int, report_every: int, args) -> list[dict]:
-    cmd = [sys.executable, str(Path(__file__).parent / script), "train", "--out", str(out), "--steps", str(steps),
-           "--warmup", "4000", "--lr", "7e-4", "--valid-steps", "0", "--report-every", str(report_every),
-           "--threads", str(args.threads), "--skip", str(args.skip)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    summary = [line for line in proc.stdout.splitlines() if line.startswith('{"bench": "peer_train_speed"')]
-    if proc.returncode != 0 or not summary:
-        sys.exit(f"error: {script} failed (exit code {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    log = (out / "train.log").read_text(encoding="utf-8", errors="replace")
-    rss = json.loads(summary[-1]).get("peak_rss_mb")
-    mod = __import__(script.removesuffix(".py"))
-    rows = []
-    for m in mod.REPORT.finditer(log):
-        step, tps = (int(m[1]), float(m[6])) if script == "opennmt.py" else (int(m[2]), float(m[3]))
-        if not rows or rows[-1]["step"] != step:  # JoeyNMT logs each line twice (console and file)
-            rows.append({"step": step, "tgt_tok_s": tps})
-    return rows, rss
+def run_peer(script: str, out: Path, steps: int, report_every: int, args) -> tuple[list[float], int]:
+    """The peer's tok/s of the report intervals after the first `args.skip` (its own summary, from
+    its own log), and its peak RSS (MB)."""
+    summary = common.last_json(common.run_captured(
+        [sys.executable, str(Path(__file__).parent / script), "train", "--out", str(out), "--steps", str(steps),
+         "--warmup", "4000", "--lr", "7e-4", "--valid-steps", "0", "--report-every", str(report_every),
+         "--threads", str(args.threads), "--skip", str(args.skip)]))
+    return summary["tgt_tok_s"], summary["peak_rss_mb"]
 
 
 def main() -> None:
@@ -130,12 +119,11 @@ def main() -> None:
         for s in settings:
             out = RUNS / f"{s.split()[0].lower()}-{s.split()[-1]}-{r}"
             if s.startswith("mtkit"):
-                rows, peak_rss = run_mtkit(s.split()[1], out, args)
+                used, peak_rss = run_mtkit(s.split()[1], out, args)
             elif s.startswith("OpenNMT"):
-                rows, peak_rss = run_peer("opennmt.py", out, args.steps, args.report_every, args)
+                used, peak_rss = run_peer("opennmt.py", out, args.steps, args.report_every, args)
             else:
-                rows, peak_rss = run_peer("joey.py", out, args.joey_steps, max(1, args.report_every // 2), args)
-            used = [row["tgt_tok_s"] for row in rows[args.skip:]]
+                used, peak_rss = run_peer("joey.py", out, args.joey_steps, max(1, args.report_every // 2), args)
             print(f"  round {r + 1} {s}: " + ", ".join(f"{v:.0f}" for v in used) + " target tok/s", flush=True)
             values[s].extend(used)
             rss[s].append(peak_rss)

@@ -110,16 +110,8 @@ def train(args) -> None:
     minutes = "inf" if args.minutes is None else str(args.minutes)
     cmd = [common.venv_bin("joeynmt", "python"), str(common.DRIVERS / "budget.py"), "joeynmt", minutes, str(path)]
     rc, wall = common.run_logged(cmd, args.out / "train.log", common.child_env(args.threads))
-    print(common.tail(args.out / "train.log", 6))
     latest = args.out / "model" / "latest.ckpt"
-    print(f"exit code {rc}, {wall:.0f} s; last checkpoint: {latest if latest.exists() else 'none'}"
-          + (f" -> {latest.resolve().name}" if latest.exists() else ""))
-    print(f"peak RSS of the training process: {common.children_peak_rss_mb()} MB")
-    throughput(args.out, args.skip, extra={"exit_code": rc, "wall_s": round(wall),
-                                           "peak_rss_mb": common.children_peak_rss_mb(),
-                                           "last_checkpoint": str(latest.resolve()) if latest.exists() else None})
-    if rc != 0:
-        sys.exit(rc)
+    common.finish_training(args, rc, wall, latest.resolve() if latest.exists() else None, throughput, {})
 
 
 def throughput(run_dir: Path, skip: int, extra: dict | None = None) -> dict:

@@ -95,6 +95,15 @@ def config(args) -> dict:
     }
 
 
+def checkpoint_step(path: Path) -> int:
+    """The update number of an OpenNMT-py checkpoint DIR/model_step_N.pt."""
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    return max(run_dir.glob("model_step_*.pt"), key=checkpoint_step, default=None)
+
+
 def train(args) -> None:
     import yaml
 
@@ -113,16 +122,8 @@ def train(args) -> None:
     else:
         cmd = [common.venv_bin("onmt", "onmt_train"), "-config", str(path)]
     rc, wall = common.run_logged(cmd, args.out / "train.log", common.child_env(args.threads))
-    print(common.tail(args.out / "train.log", 6))
-    ckpts = sorted(args.out.glob("model_step_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    print(f"exit code {rc}, {wall:.0f} s; last checkpoint: {ckpts[-1] if ckpts else 'none'}")
-    print(f"peak RSS of the training process: {common.children_peak_rss_mb()} MB")
-    throughput(args.out, args.skip, extra={"exit_code": rc, "wall_s": round(wall),
-                                           "peak_rss_mb": common.children_peak_rss_mb(),
-                                           "last_checkpoint": str(ckpts[-1]) if ckpts else None,
-                                           "noam_learning_rate": cfg["learning_rate"]})
-    if rc != 0:
-        sys.exit(rc)
+    common.finish_training(args, rc, wall, last_checkpoint(args.out), throughput,
+                           {"noam_learning_rate": cfg["learning_rate"]})
 
 
 def throughput(run_dir: Path, skip: int, extra: dict | None = None) -> dict:
