@@ -11,6 +11,7 @@ from mtkit.errors import ConfigError
 from mtkit.model import (
     MultiHeadAttention,
     Transformer,
+    matmul_attention,
     reference_attention,
     sinusoidal_positions,
 )
@@ -105,6 +106,42 @@ def test_reference_attention_causal_mask_equals_is_causal():
     x = torch.randn(2, 5, 16)
     causal_attend_mask = torch.ones(5, 5, dtype=torch.bool).tril()  # True = key j <= query i
     assert close(mha(x, x, is_causal=True), mha(x, x, causal_attend_mask))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_matmul_attention_equals_sdpa(causal):
+    """The bf16-on-CPU path: equal to the fused kernel in fp32, and close to it in bf16, forward and backward."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 8, requires_grad=True) for _ in range(3))
+    attend_mask = None if causal else (torch.arange(5) < torch.tensor([5, 4, 1])[:, None])[:, None, None, :]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend_mask, is_causal=causal)
+    grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    got = matmul_attention(q, k, v, attend_mask, causal)
+    assert close(got, expected)
+    assert all(close(a, b) for a, b in zip(torch.autograd.grad(got.square().sum(), (q, k, v)), grads))
+    q16, k16, v16 = (x.detach().bfloat16().requires_grad_() for x in (q, k, v))
+    got16 = matmul_attention(q16, k16, v16, attend_mask, causal)
+    assert got16.dtype == torch.bfloat16
+    assert close(got16.float(), expected, atol=3e-2)
+    grads16 = torch.autograd.grad(got16.float().square().sum(), (q16, k16, v16))
+    assert all(close(a.float(), b, atol=6e-2) for a, b in zip(grads16, grads))
+
+
+def test_bf16_model_on_cpu_takes_the_matmul_path(monkeypatch):
+    """Under bf16 autocast on the CPU the model does not call the fused kernel, and matches fp32."""
+    model = tiny()
+    src, tgt = tokens(2, 5), tokens(2, 6, seed=2)
+    with torch.no_grad():
+        expected = model(src, tgt)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.scaled_dot_product_attention called in bf16 on the CPU")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(src, tgt)
+    assert close(got.float(), expected, atol=0.1)
+    assert got.float().argmax(-1).eq(expected.argmax(-1)).float().mean() > 0.9
 
 
 # ----------------------------------------------------------------------------- masking
