@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -44,8 +39,10 @@ def main() -> None:
     import torch
 
     from mtkit.evaluate import read_text_lines, score
+    from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.translate import cast_for_decoding, load_model, translate_lines
 
+    malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit translate` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     model, tok, cfg = load_model(args.model, "cpu")
     model = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
@@ -54,7 +51,8 @@ def main() -> None:
     rss_loaded = peak_rss_mb()
     batching = f"{args.batch_sents} sentences" if args.batch_sents else f"{args.batch_tokens} tokens"
     print(f"model {args.model}: {model.num_parameters():,} parameters; {len(lines)} sentences from {args.src};"
-          f" threads {args.threads}; batches: {batching}; {args.precision}; torch {torch.__version__}")
+          f" threads {args.threads}; batches: {batching}; {args.precision}; freed memory {malloc};"
+          f" torch {torch.__version__}")
     rows = []
     if args.batch_sents:  # length-sorted chunks of N sentences, each translated as one batch
         lengths = [len(ids) for ids in tok.encode_src(lines)]

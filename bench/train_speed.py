@@ -58,12 +58,14 @@ def main() -> None:
     from mtkit.config import load_config
     from mtkit.data import make_batch, token_lengths
     from mtkit.distributed import World
+    from mtkit.memory import keep_freed_memory
     from mtkit.model import Transformer
     from mtkit.runlog import setup_logging
     from mtkit.tokenizer import PAD_ID
     from mtkit.train import make_optimizer, rows, train_step
 
     setup_logging(-1)
+    malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit train` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [f"train.batch_tokens={args.batch_tokens}", *args.overrides])
     run_dir = args.run_dir or Path(cfg.run_dir)
@@ -103,7 +105,7 @@ def main() -> None:
     src_len = statistics.mean(s for s, _ in shapes)
     tgt_len = statistics.mean(t for _, t in shapes)
     flops = models[settings[0]][0].flops_per_target_token(round(src_len), round(tgt_len))
-    result = {"config": str(args.config), "batch_tokens": args.batch_tokens, "threads": args.threads,
+    result = {"config": str(args.config), "batch_tokens": args.batch_tokens, "threads": args.threads, "malloc": malloc,
               "torch": torch.__version__, "params": models[settings[0]][0].num_parameters(),
               "mflop_per_target_token": round(flops / 1e6, 1),
               "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "precisions": {}}
@@ -116,7 +118,8 @@ def main() -> None:
     base = result["precisions"][settings[0]]["tokens_per_s"]
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"mtkit train speed: {args.config}, {result['params']:,} parameters, batch_tokens {args.batch_tokens},"
-          f" {args.threads} threads, {args.rounds} rounds x {args.steps} timed updates, torch {torch.__version__}")
+          f" {args.threads} threads, {args.rounds} rounds x {args.steps} timed updates, freed memory {malloc},"
+          f" torch {torch.__version__}")
     print(f"  matmul peak (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s;"
           f" model {flops / 1e6:.1f} MFLOP per target token")
     print(f"  {'setting':<13} {'tok/s':>8} {'x':>6} {'s/update':>9} {'real tok/batch':>15} {'% fp32 peak':>12}")

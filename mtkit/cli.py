@@ -194,9 +194,11 @@ def train_cmd(
 
 def _load(model: str, device: str, set_: Optional[List[str]], beam, greedy, nbest=None, batch_tokens=None):
     from mtkit.config import apply_overrides
+    from mtkit.memory import keep_freed_memory
     from mtkit.train import resolve_device
     from mtkit.translate import cast_for_decoding, decode_settings, load_model
 
+    keep_freed_memory()
     dev = resolve_device(device)
     net, tok, cfg = load_model(model, dev)
     if set_:

@@ -64,7 +64,9 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     import torch
 
     from mtkit import distributed, runsetup
+    from mtkit.memory import keep_freed_memory
 
+    keep_freed_memory()
     t = cfg.train
     world = distributed.world_from_env()
     if not world.is_main:
@@ -99,6 +101,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     from mtkit import distributed, runsetup
     from mtkit.batching import TokenBatchSampler
     from mtkit.data import make_batch, token_lengths, upsample_index
+    from mtkit.memory import peak_memory_mb
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
     from mtkit.validate import Validator
@@ -340,18 +343,6 @@ def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: floa
     window.update(loss=0.0, nll=0.0, tokens=0, t0=now)
 
 
-def peak_memory_mb(device: str) -> dict[str, int]:
-    """This process's peak resident memory (and the GPU's peak allocation on CUDA), in MB."""
-    import resource
-
-    import torch
-
-    peak = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}  # Linux: KB
-    if device.startswith("cuda"):
-        peak["gpu"] = torch.cuda.max_memory_allocated(device) // 2**20
-    return peak
-
-
 def epochs_done(sampler) -> int:
     """Complete passes over the training data (an epoch whose last batch was handed out counts)."""
     state = sampler.state_dict()
@@ -363,11 +354,14 @@ def make_optimizer(model, cfg: Config):
     import torch
 
     t = cfg.train
+    # fused: one kernel per parameter instead of ~10 element-wise passes (Ding model on 2 CPU
+    # cores: 4.3 against 12.0 ms per update). The model must already be on its device.
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     if t.weight_decay > 0:
         # NOTE (differs from paper): decoupled weight decay is an option, off by default.
         return torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
-                                 weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
+                                 weight_decay=t.weight_decay, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, fused=fused)
 
 
 def rows(ds, indices) -> tuple[list[list[int]], list[list[int]]]:

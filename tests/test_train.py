@@ -54,6 +54,19 @@ def test_label_smoothed_loss_matches_hand_computation():
     assert float(token_losses(logits, target, 0.0)[0]) == pytest.approx(nll, rel=1e-6)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_optimizer_is_fused_adam_with_the_papers_settings(tmp_path, weight_decay):
+    from mtkit.model import Transformer
+    from mtkit.train import make_optimizer
+
+    cfg = tiny_config(tmp_path, extra=[f"train.weight_decay={weight_decay}"])
+    model = Transformer(cfg.model, 48, 48)
+    optimizer = make_optimizer(model, cfg)
+    assert type(optimizer) is (torch.optim.AdamW if weight_decay else torch.optim.Adam)
+    assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
+
+
 def test_training_writes_every_artifact(tmp_path):
     cfg = tiny_config(tmp_path)
     summary = train(cfg)

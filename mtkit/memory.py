@@ -1,0 +1,62 @@
+"""Process memory: how freed tensor memory is reused, and the peak resident size for the logs.
+
+PyTorch's CPU tensors come straight from malloc. glibc serves a block over its mmap threshold (at
+most 32 MB) with a fresh mmap and unmaps it on free, so every large activation, logit or gradient
+tensor of every update is new memory that the kernel must fault in and zero page by page: on the
+Ding model (2k-token batches, 8k vocabulary) a quarter of a training update went to that. Keeping
+freed memory in the heap lets the next update reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+
+log = logging.getLogger("mtkit")
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # mallopt parameters, glibc's malloc.h
+_DONE: list[bool] = []
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve large blocks from the heap and keep freed ones for reuse (once per process).
+
+    Measured on the Ding model, bf16, 2 CPU threads: 4,045-4,371 -> 5,403-5,462 target tok/s
+    (bench/train_speed.py). The cost is that the resident size stays near its peak instead of
+    shrinking between updates. MTKIT_MALLOC=system keeps glibc's defaults. Returns whether the
+    settings were applied (not on other C libraries or systems).
+    """
+    if _DONE:
+        return _DONE[0]
+    applied = False
+    if sys.platform.startswith("linux") and os.environ.get("MTKIT_MALLOC", "") != "system":
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            applied = bool(libc.mallopt(_M_MMAP_MAX, 0)  # no mmap per block: all from the heap
+                           and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # return the top only past 1 GB free
+                           and libc.mallopt(_M_TOP_PAD, 256 << 20))  # grow the heap 256 MB at a time
+        except (OSError, AttributeError):  # not glibc (musl, ...): its own allocator, left alone
+            applied = False
+    log.debug("malloc: %s", "freed memory kept for reuse" if applied else "system defaults")
+    _DONE.append(applied)
+    return applied
+
+
+def peak_memory_mb(device: str) -> dict[str, int]:
+    """This process's peak resident memory (and the GPU's peak allocation on CUDA), in MB."""
+    import torch
+
+    peak = {"rss": peak_rss_mb()}
+    if device.startswith("cuda"):
+        peak["gpu"] = torch.cuda.max_memory_allocated(device) // 2**20
+    return peak
+
+
+def peak_rss_mb() -> int:
+    """Peak resident memory of this process so far, in MB (Linux reports ru_maxrss in KB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb // 1024 if sys.platform.startswith("linux") else kb // (1024 * 1024)
