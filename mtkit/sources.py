@@ -8,29 +8,23 @@ not encode, filter or batch (data.py does).
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import gzip
 import hashlib
-import io
 import itertools
-import json
 import logging
 import os
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mtkit import readers
 from mtkit.config import DataConfig, SplitConfig
-from mtkit.errors import DataError, MtkitError
+from mtkit.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
 
 log = logging.getLogger("mtkit")
 
-READ_CHUNK = 16 << 20  # bytes read at a time: memory stays flat however big the file is
 READER_VERSION = "1"  # part of every cache key; bump when the readers' output changes
 WRITE_BATCH = 20_000  # pairs per Arrow record batch written to the cache
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
@@ -79,8 +73,8 @@ def load_pairs(
 
 def _load_file_pair(src: Path, tgt: Path, key: str, name: str, cache: str | None) -> datasets.Dataset:
     """Two line-aligned plain-text files -> pairs, after checking both files completely."""
-    src_lines = _scan_text(src, f"{key}.src")
-    tgt_lines = _scan_text(tgt, f"{key}.tgt")
+    src_lines = readers.scan_text(src, f"{key}.src")
+    tgt_lines = readers.scan_text(tgt, f"{key}.tgt")
     if src_lines != tgt_lines:
         raise DataError(
             f"{key}: {src.resolve()} has {src_lines} lines but {tgt.resolve()} has {tgt_lines};"
@@ -88,7 +82,7 @@ def _load_file_pair(src: Path, tgt: Path, key: str, name: str, cache: str | None
         )
     if src_lines == 0:
         raise DataError(f"{key}.src: {src.resolve()}: is empty; give files with one sentence per line")
-    return _materialise(_pair_rows(src, tgt, key), name, cache, f"{key}: {src.resolve()}", key=_stamp(src, tgt))
+    return _materialise(readers.pair_rows(src, tgt, key), name, cache, f"{key}: {src.resolve()}", key=_stamp(src, tgt))
 
 
 def _load_path(
@@ -105,9 +99,10 @@ def _load_path(
             ds = datasets.load_from_disk(str(path))
         except Exception as e:  # noqa: BLE001 - anything from a foreign folder is the user's data problem
             if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-                raise DataError(f"{where}: cannot read this save_to_disk folder ({_short(e)}); is it empty or damaged?") from e
+                raise DataError(f"{where}: cannot read this save_to_disk folder ({readers.short_error(e)});"
+                                " is it empty or damaged?") from e
             raise DataError(
-                f"{where}: a folder, but not one written by Dataset.save_to_disk ({_short(e)});"
+                f"{where}: a folder, but not one written by Dataset.save_to_disk ({readers.short_error(e)});"
                 " give a .tsv/.csv/.jsonl/.parquet file or a save_to_disk folder"
             ) from e
         if isinstance(ds, datasets.DatasetDict):
@@ -118,7 +113,7 @@ def _load_path(
                 )
             ds = ds[split.split]
         return _select_pair_columns(ds, src_field, tgt_field, where)
-    suffix = _suffix(path)
+    suffix = readers.format_suffix(path)
     if suffix not in TABLE_SUFFIXES:
         raise DataError(
             f"{where}: unknown file type {suffix or '(none)'}; expected .tsv, .csv, .jsonl or .parquet"
@@ -126,20 +121,20 @@ def _load_path(
         )
     if suffix == ".parquet":
         return _load_parquet(path, src_field, tgt_field, where, cache)
-    lines = _scan_text(path, key)
+    lines = readers.scan_text(path, key)
     if lines == 0:
         raise DataError(f"{where}: the file is empty")
     if suffix in (".tsv", ".csv"):
-        header = _table_header(path, suffix)
+        header = readers.table_header(path, suffix)
         missing = [f for f in (src_field, tgt_field) if f not in header]
         if missing:
             raise DataError(
                 f"{where}: header has no column {', '.join(map(repr, missing))}; its columns are"
                 f" {', '.join(map(repr, header))}; set {key.rsplit('.', 1)[0]}.src_field/tgt_field"
             )
-        rows = _table_rows(path, where, src_field, tgt_field)
+        rows = readers.table_rows(path, where, src_field, tgt_field)
     else:
-        rows = _jsonl_rows(path, where, src_field, tgt_field)
+        rows = readers.jsonl_rows(path, where, src_field, tgt_field)
     return _materialise(rows, name, cache, where, key=f"{_stamp(path)}|{src_field}|{tgt_field}")
 
 
@@ -151,14 +146,14 @@ def _load_parquet(path: Path, src_field: str, tgt_field: str, where: str, cache:
         meta = pq.read_metadata(path)
         names = meta.schema.to_arrow_schema().names
     except Exception as e:  # noqa: BLE001 - a corrupt file raises ArrowInvalid, OSError, ...
-        raise DataError(f"{where}: not a readable Parquet file ({_short(e)})") from e
+        raise DataError(f"{where}: not a readable Parquet file ({readers.short_error(e)})") from e
     columns = _pick_columns(names, src_field, tgt_field, where)
     if meta.num_rows == 0:
         raise DataError(f"{where}: no sentence pairs in it")
     try:
         ds = datasets.Dataset.from_parquet(str(path.resolve()), columns=columns, cache_dir=cache)
     except Exception as e:  # noqa: BLE001 - a damaged row group surfaces only here
-        raise DataError(f"{where}: cannot read ({_short(e)})") from e
+        raise DataError(f"{where}: cannot read ({readers.short_error(e)})") from e
     return _select_pair_columns(ds, src_field, tgt_field, where)
 
 
@@ -172,11 +167,12 @@ def _load_hub(split: SplitConfig, src_field: str, tgt_field: str, key: str, name
             split.hub, split.hub_config, split=split.split, streaming=split.streaming, cache_dir=cache
         )
     except Exception as e:  # noqa: BLE001 - network, unknown names and bad configs all land here
-        raise DataError(f"{where}: cannot load ({_short(e)}); check the name, hub_config, split and network") from e
+        raise DataError(f"{where}: cannot load ({readers.short_error(e)});"
+                        " check the name, hub_config, split and network") from e
     if isinstance(ds, datasets.IterableDataset):
         # Streaming train sets are read once into the Arrow cache: batching needs random access.
         # (Hub datasets are versioned, so the cache key is the name: a new revision needs a new run.)
-        rows = _stream_rows(ds, where, src_field, tgt_field)
+        rows = readers.stream_rows(ds, where, src_field, tgt_field)
         return _materialise(rows, name, cache, where, key=f"hub|{where}|{src_field}|{tgt_field}")
     return _select_pair_columns(ds, src_field, tgt_field, where)
 
@@ -266,157 +262,6 @@ def _check_not_empty(ds: datasets.Dataset, where: str) -> datasets.Dataset:
     return ds
 
 
-# ----------------------------------------------------------------------------- reading text files
-
-
-def _scan_text(path: Path, key: str) -> int:
-    """Check a text file completely (UTF-8, no NUL bytes) and return its number of lines.
-
-    Fast: whole chunks are decoded at once; only a failing chunk is searched for the line.
-    """
-    where = f"{key}: {path.resolve()}"
-    if not path.exists():
-        raise DataError(f"{where}: file not found")
-    if path.is_dir():
-        raise DataError(f"{where}: is a directory; give a file with one sentence per line")
-    lines = 0
-    for first, chunk in _line_chunks(path, where):
-        nul = chunk.find(b"\0")
-        if nul >= 0:
-            line = first + chunk.count(b"\n", 0, nul)
-            raise DataError(f"{where}: line {line}: NUL byte, this looks like a binary file, not text")
-        try:
-            chunk.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = first + chunk.count(b"\n", 0, e.start)
-            column = e.start - (chunk.rfind(b"\n", 0, e.start) + 1) + 1
-            raise DataError(
-                f"{where}: line {line}, byte {column}: not valid UTF-8 (0x{chunk[e.start]:02x});"
-                " convert the file, e.g. iconv -f latin1 -t utf-8"
-            ) from None
-        lines += chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-    return lines
-
-
-def _line_chunks(path: Path, where: str) -> Iterator[tuple[int, bytes]]:
-    """(number of the first line, bytes of whole lines) for `path`, gzip-decompressed if .gz."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            first, pending = 1, []
-            while block := f.read(READ_CHUNK):
-                cut = block.rfind(b"\n") + 1
-                if cut == 0:  # no line end yet (a very long line): keep collecting
-                    pending.append(block)
-                    continue
-                chunk = b"".join([*pending, block[:cut]])
-                pending = [block[cut:]]
-                yield first, chunk
-                first += chunk.count(b"\n")
-            tail = b"".join(pending)
-            if tail:
-                yield first, tail
-    except (OSError, EOFError, zlib.error) as e:  # includes gzip.BadGzipFile and truncated files
-        raise DataError(f"{where}: cannot read ({_short(e)})") from e
-
-
-def _lines(path: Path) -> Iterator[str]:
-    """Decoded lines without their line end ("\\n" or "\\r\\n"); the file was checked by _scan_text."""
-    for _, chunk in _line_chunks(path, str(path)):
-        lines = chunk.decode("utf-8").split("\n")
-        if chunk.endswith(b"\n"):
-            lines.pop()
-        for line in lines:
-            yield line[:-1] if line.endswith("\r") else line
-
-
-def _pair_rows(src: Path, tgt: Path, key: str) -> Iterator[tuple[str, str]]:
-    try:
-        yield from zip(_lines(src), _lines(tgt), strict=True)
-    except ValueError:  # the line counts were equal when checked
-        raise DataError(f"{key}: {src.resolve()} or {tgt.resolve()} changed while being read; try again") from None
-
-
-def _table_header(path: Path, suffix: str) -> list[str]:
-    first = next(_lines(path), "")
-    header = first.split("\t") if suffix == ".tsv" else next(csv.reader([first]), [])
-    return [h.strip() for h in header]
-
-
-def _table_rows(path: Path, where: str, src_field: str, tgt_field: str) -> Iterator[tuple[str, str]]:
-    """TSV: raw tab-separated fields (quotes are text, as in MT corpora); CSV: standard quoting."""
-    with contextlib.ExitStack() as stack:
-        if _suffix(path) == ".tsv":
-            rows: Iterator[tuple[int, list[str]]] = enumerate((t.split("\t") for t in _lines(path)), 1)
-        else:
-            binary = stack.enter_context(gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb"))
-            stream = stack.enter_context(io.TextIOWrapper(binary, encoding="utf-8", newline=""))
-            csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a 1 MB line is data, not an error
-            reader = csv.reader(stream)
-            rows = ((reader.line_num, row) for row in reader)  # physical line: quoted fields span lines
-        header: list[str] = []
-        line = 0
-        try:
-            for line, row in rows:
-                if not header:
-                    header = [h.strip() for h in row]
-                    i, j = header.index(src_field), header.index(tgt_field)  # checked by the caller
-                    continue
-                if row == [] or row == [""]:
-                    continue  # a blank line, e.g. at the end of the file
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{where}: line {line}: {len(row)} fields, the header has {len(header)};"
-                        " check for stray tab/comma characters or broken quoting"
-                    )
-                yield row[i], row[j]
-        except csv.Error as e:
-            raise DataError(f"{where}: line {line + 1}: {e}") from None
-
-
-def _jsonl_rows(path: Path, where: str, src_field: str, tgt_field: str) -> Iterator[tuple[str, str]]:
-    """JSON Lines: {"de": ..., "en": ...} or {"translation": {"de": ..., "en": ...}} per line."""
-    for line, text in enumerate(_lines(path), 1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            msg = getattr(e, "msg", "nested too deeply")
-            raise DataError(
-                f"{where}: line {line}: not valid JSON ({msg}); each line must be one object like"
-                f' {{"{src_field}": "...", "{tgt_field}": "..."}}'
-            ) from None
-        yield _pair_from_record(record, src_field, tgt_field, f"{where}: line {line}")
-
-
-def _stream_rows(stream, where: str, src_field: str, tgt_field: str) -> Iterator[tuple[str, str]]:
-    n = 0
-    try:
-        for n, record in enumerate(stream, 1):
-            yield _pair_from_record(record, src_field, tgt_field, f"{where}: example {n}")
-    except MtkitError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a dropped connection or a bad shard, mid-stream
-        raise DataError(f"{where}: streaming stopped after {n} examples ({_short(e)})") from e
-
-
-def _pair_from_record(record: Any, src_field: str, tgt_field: str, where: str) -> tuple[str, str]:
-    if isinstance(record, dict) and isinstance(record.get("translation"), dict) and src_field not in record:
-        record = record["translation"]
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with keys {src_field!r} and {tgt_field!r}")
-    for field in (src_field, tgt_field):
-        if field not in record:
-            keys = ", ".join(map(repr, record)) or "none"
-            raise DataError(
-                f"{where}: no key {field!r} (it has {keys}); set data.src_lang/tgt_lang or src_field/tgt_field"
-            )
-        if not isinstance(record[field], str):
-            raise DataError(f"{where}: {field!r} is {type(record[field]).__name__}, expected text")
-    return record[src_field], record[tgt_field]
-
-
 def _stamp(*paths: Path) -> str:
     """Absolute path, size and mtime of each file: changes whenever a file is edited."""
     parts = []
@@ -424,18 +269,6 @@ def _stamp(*paths: Path) -> str:
         st = p.stat()
         parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)
-
-
-def _suffix(path: Path) -> str:
-    suffixes = path.suffixes
-    if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
-        return suffixes[-2].lower()
-    return path.suffix.lower()
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _quiet_datasets() -> None:
