@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Resident memory of training over updates: does it grow, and is it the batches' changing shapes?
+
+Builds the config's model and real training batches (as bench/train_speed.py does), runs bf16
+updates through mtkit's own train_step and prints the process's resident size every --every
+updates. --fixed repeats the first batch instead, so every update asks for the same block sizes;
+MTKIT_MALLOC=system in the environment keeps glibc's allocator defaults (mtkit keeps freed memory).
+Run each setting in its own process. Prints the settings, the series and one JSON line.
+
+usage: python bench/train_memory.py [--config configs/ding-de-en.yaml] [--batch-tokens 2048]
+                                    [--steps 300] [--every 50] [--fixed] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def rss_mb() -> int:
+    """Current (not peak) resident size, from /proc (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 // 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=Path("configs/ding-de-en.yaml"))
+    p.add_argument("--run-dir", type=Path, default=None, help="tokenizer + data cache (default: the config's)")
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--fixed", action="store_true", help="repeat the first batch (one shape)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    from mtkit.memory import keep_freed_memory
+
+    malloc = "kept for reuse" if keep_freed_memory() else "system"
+    import torch
+
+    from mtkit import runsetup
+    from mtkit.batching import TokenBatchSampler
+    from mtkit.config import load_config
+    from mtkit.data import make_batch, token_lengths
+    from mtkit.distributed import World
+    from mtkit.model import Transformer
+    from mtkit.runlog import setup_logging
+    from mtkit.tokenizer import PAD_ID
+    from mtkit.train import make_optimizer, rows, train_step
+
+    setup_logging(-1)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [f"train.batch_tokens={args.batch_tokens}"])
+    run_dir = args.run_dir or Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = runsetup.Run(dir=run_dir, tokenizer=runsetup.get_tokenizer(cfg, run_dir))
+    train_ds, _ = runsetup.prepare_data(cfg, run)
+    src_lens, tgt_lens = token_lengths(train_ds)
+    batches = iter(TokenBatchSampler(src_lens, tgt_lens, args.batch_tokens, seed=cfg.seed, shuffle=True))
+    torch.manual_seed(cfg.seed)
+    model = Transformer(cfg.model, run.tokenizer.src_vocab_size, run.tokenizer.tgt_vocab_size)
+    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    first = make_batch(*rows(train_ds, next(batches)[1]))
+    start = rss_mb()
+    print(f"mtkit train memory: {args.config}, batch_tokens {args.batch_tokens}, bf16, {args.threads} threads,"
+          f" {'one batch repeated' if args.fixed else 'the real batches'}, freed memory {malloc},"
+          f" torch {torch.__version__}; RSS before the first update {start} MB")
+    series, t0 = {}, time.perf_counter()
+    for step in range(1, args.steps + 1):
+        batch = first if args.fixed else make_batch(*rows(train_ds, next(batches)[1]))
+        n = int((batch["tgt_out"] != PAD_ID).sum())
+        train_step(model, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
+        if step % args.every == 0:
+            series[step] = rss_mb()
+            print(f"  update {step:>5}: RSS {series[step]:,} MB")
+    print(json.dumps({"bench": "train_memory", "config": str(args.config), "batch_tokens": args.batch_tokens,
+                      "fixed": args.fixed, "malloc": malloc, "rss_start_mb": start, "rss_mb": series,
+                      "seconds": round(time.perf_counter() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()
