@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -58,7 +57,7 @@ def main() -> None:
     from mtkit.config import load_config
     from mtkit.data import make_batch, token_lengths
     from mtkit.distributed import World
-    from mtkit.memory import keep_freed_memory
+    from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.model import Transformer
     from mtkit.runlog import setup_logging
     from mtkit.tokenizer import PAD_ID
@@ -116,7 +115,7 @@ def main() -> None:
             "seconds_per_update": round(statistics.median(per_step[setting]), 3),
             "utilisation_of_fp32_peak": round(tok_s * flops / peaks["fp32"], 3)}
     base = result["precisions"][settings[0]]["tokens_per_s"]
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["peak_rss_mb"] = peak_rss_mb()
     print(f"mtkit train speed: {args.config}, {result['params']:,} parameters, batch_tokens {args.batch_tokens},"
           f" {args.threads} threads, {args.rounds} rounds x {args.steps} timed updates, freed memory {malloc},"
           f" torch {torch.__version__}")
