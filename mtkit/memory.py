@@ -9,6 +9,7 @@ freed memory in the heap lets the next update reuse it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
@@ -17,9 +18,9 @@ import sys
 log = logging.getLogger("mtkit")
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # mallopt parameters, glibc's malloc.h
-_DONE: list[bool] = []
 
 
+@functools.cache  # once per process: later calls return the first answer
 def keep_freed_memory() -> bool:
     """Ask glibc to serve large blocks from the heap and keep freed ones for reuse (once per process).
 
@@ -28,8 +29,6 @@ def keep_freed_memory() -> bool:
     shrinking between updates. MTKIT_MALLOC=system keeps glibc's defaults. Returns whether the
     settings were applied (not on other C libraries or systems).
     """
-    if _DONE:
-        return _DONE[0]
     applied = False
     if sys.platform.startswith("linux") and os.environ.get("MTKIT_MALLOC", "") != "system":
         import ctypes
@@ -42,7 +41,6 @@ def keep_freed_memory() -> bool:
         except (OSError, AttributeError):  # not glibc (musl, ...): its own allocator, left alone
             applied = False
     log.debug("malloc: %s", "freed memory kept for reuse" if applied else "system defaults")
-    _DONE.append(applied)
     return applied
 
 

@@ -138,7 +138,7 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
 def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: float, max_len_a: float,
                 max_len_b: int, nbest: int = 1, stopping: str = "exact", bos: int = 2, eos: int = 3,
                 pad: int = 0) -> list[list[Hypothesis]]:
-    """Batched beam search with GNMT length penalty and an exact stopping rule.
+    """Batched beam search with GNMT length penalty; stops by the exact rule or early (`stopping`).
 
     Every step, per sentence, takes the top 2K of the K*V extensions of its K live beams (by
     summed log-prob): EOS extensions ranked within the top K become finished hypotheses (score =

@@ -116,6 +116,16 @@ def check_train_args(args) -> None:
             sys.exit(f"error: {args.data / name} not found; run bench/peers/prepare.py first")
 
 
+def write_config(out: Path, cfg: dict) -> Path:
+    """Create `out` and write the toolkit's YAML config there as config.yaml; returns its path."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
 def throughput_summary(toolkit: str, what: str, rows: list[dict], skip: int, extra: dict) -> dict:
     """rows: one dict per report interval with 'step' and 'tgt_tok_s'. Prints and returns the summary
     (with the counted intervals' tok/s as "tgt_tok_s")."""

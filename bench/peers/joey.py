@@ -93,17 +93,13 @@ def config(args) -> dict:
 
 
 def train(args) -> None:
-    import yaml
-
     common.check_train_args(args)
     if args.valid_steps > 0 and args.valid_steps % args.report_every:
         sys.exit("error: JoeyNMT needs --valid-steps to be a multiple of --report-every")
     if (args.out / "model").exists():
         sys.exit(f"error: {args.out / 'model'} exists; remove it or choose another --out")
-    args.out.mkdir(parents=True, exist_ok=True)
     cfg = config(args)
-    path = args.out / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    path = common.write_config(args.out, cfg)
     print(f"JoeyNMT 2.3.0 train: {args.out}; budget {args.minutes} min / {args.steps} steps; threads {args.threads};"
           f" batch {args.batch_tokens} tokens; warmupinversesquareroot: learning_rate_warmup {args.warmup},"
           f" learning_rate {args.lr:g} (the peak, given directly); update 1 at {args.lr / args.warmup:.3g}")

@@ -105,15 +105,11 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def train(args) -> None:
-    import yaml
-
     common.check_train_args(args)
     if list(args.out.glob("model_step_*.pt")):
         sys.exit(f"error: {args.out} holds checkpoints already; remove them or choose another --out")
-    args.out.mkdir(parents=True, exist_ok=True)
     cfg = config(args)
-    path = args.out / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    path = common.write_config(args.out, cfg)
     print(f"OpenNMT-py 3.5.1 train: {args.out}; budget {args.minutes} min / {args.steps} steps; threads {args.threads};"
           f" batch {args.batch_tokens} tokens; warmup {args.warmup}, peak lr {args.lr:g} -> noam learning_rate"
           f" = P * sqrt(d_model * W) = {args.lr:g} * sqrt({D_MODEL} * {args.warmup}) = {cfg['learning_rate']:.6f}")
