@@ -42,11 +42,9 @@ def main() -> None:
 
     malloc = "kept for reuse" if keep_freed_memory() else "system"
     import torch
+    from train_speed import training_batches  # this directory (sys.path[0] when run as a script)
 
-    from mtkit import runsetup
-    from mtkit.batching import TokenBatchSampler
-    from mtkit.config import load_config
-    from mtkit.data import make_batch, token_lengths
+    from mtkit.data import make_batch
     from mtkit.distributed import World
     from mtkit.model import Transformer
     from mtkit.runlog import setup_logging
@@ -55,13 +53,7 @@ def main() -> None:
 
     setup_logging(-1)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"train.batch_tokens={args.batch_tokens}"])
-    run_dir = args.run_dir or Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run = runsetup.Run(dir=run_dir, tokenizer=runsetup.get_tokenizer(cfg, run_dir))
-    train_ds, _ = runsetup.prepare_data(cfg, run)
-    src_lens, tgt_lens = token_lengths(train_ds)
-    batches = iter(TokenBatchSampler(src_lens, tgt_lens, args.batch_tokens, seed=cfg.seed, shuffle=True))
+    cfg, run, train_ds, batches = training_batches(args.config, args.run_dir, args.batch_tokens)
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model, run.tokenizer.src_vocab_size, run.tokenizer.tgt_vocab_size)
     optimizer = make_optimizer(model, cfg)

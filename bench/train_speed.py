@@ -36,6 +36,25 @@ def matmul_peak(dtype, n: int = 2048, repeat: int = 10) -> float:
     return 2 * n**3 * repeat / (time.perf_counter() - t0)
 
 
+def training_batches(config: Path, run_dir: Path | None, batch_tokens: int, overrides=()):
+    """The config (with train.batch_tokens set), its run (tokenizer), encoded training pairs and an
+    endless iterator over their shuffled token batches, as `mtkit train` makes them (tokenizer and
+    data cache are built in the run dir when missing). Shared with bench/train_memory.py."""
+    from mtkit import runsetup
+    from mtkit.batching import TokenBatchSampler
+    from mtkit.config import load_config
+    from mtkit.data import token_lengths
+
+    cfg = load_config(config, [f"train.batch_tokens={batch_tokens}", *overrides])
+    run_dir = run_dir or Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = runsetup.Run(dir=run_dir, tokenizer=runsetup.get_tokenizer(cfg, run_dir))
+    train_ds, _ = runsetup.prepare_data(cfg, run)
+    src_lens, tgt_lens = token_lengths(train_ds)
+    batches = iter(TokenBatchSampler(src_lens, tgt_lens, batch_tokens, seed=cfg.seed))
+    return cfg, run, train_ds, batches
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=Path("configs/ding-de-en.yaml"))
@@ -52,10 +71,7 @@ def main() -> None:
 
     import torch
 
-    from mtkit import runsetup
-    from mtkit.batching import TokenBatchSampler
-    from mtkit.config import load_config
-    from mtkit.data import make_batch, token_lengths
+    from mtkit.data import make_batch
     from mtkit.distributed import World
     from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.model import Transformer
@@ -66,14 +82,7 @@ def main() -> None:
     setup_logging(-1)
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit train` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"train.batch_tokens={args.batch_tokens}", *args.overrides])
-    run_dir = args.run_dir or Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run = runsetup.Run(dir=run_dir, tokenizer=runsetup.get_tokenizer(cfg, run_dir))
-    train_ds, _ = runsetup.prepare_data(cfg, run)
-    src_lens, tgt_lens = token_lengths(train_ds)
-    sampler = TokenBatchSampler(src_lens, tgt_lens, args.batch_tokens, seed=cfg.seed)
-    batches = iter(sampler)
+    cfg, run, train_ds, batches = training_batches(args.config, args.run_dir, args.batch_tokens, args.overrides)
     tok = run.tokenizer
     models = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> (model, forward module, optimizer)
     settings = args.precisions + ([f"{p}+compile" for p in args.precisions] if args.compile else [])
