@@ -78,6 +78,7 @@ class TrainConfig:
     accum_steps: int = 1  # batches whose gradients are summed per update
     lr: float = 0.0007  # peak learning rate, reached at the end of warmup
     warmup_steps: int = 4000  # linear warmup updates, then lr * sqrt(warmup / step); 0 = lr / sqrt(step)
+    cooldown: float = 0.0  # last fraction of the budget (steps, epochs or time) over which lr falls to 0; 0 = off
     label_smoothing: float = 0.1  # epsilon_ls of the paper
     adam_betas: tuple[float, float] = (0.9, 0.98)  # Adam beta1, beta2 (paper section 5.3)
     adam_eps: float = 1e-9  # Adam epsilon (paper section 5.3)
@@ -125,9 +126,11 @@ class Config:
 # Keys that may differ when a run is resumed: budgets and logging, so a finished run can be extended.
 RESUMABLE_KEYS = frozenset(
     {
+        "run_dir",  # a run dir that was moved or copied resumes where it now is
         "train.max_steps",
         "train.max_epochs",
         "train.max_time",
+        "train.cooldown",  # relative to the budget, so it may change with it (cool down a finished run)
         "train.patience",
         "train.eval_every",
         "train.log_every",

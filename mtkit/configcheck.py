@@ -138,6 +138,10 @@ def cross_field_problems(cfg: Config) -> list[str]:
     for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads"):
         positive(f"train.{key}", getattr(t, key))
     fraction("train.label_smoothing", t.label_smoothing)
+    fraction("train.cooldown", t.cooldown, top_inclusive=True)
+    if t.cooldown > 0 and t.max_steps is None and t.max_epochs is None and t.max_time is None:
+        p.append(f"train.cooldown: is a fraction of the budget, but no budget is set (got {t.cooldown});"
+                 " set train.max_steps, max_epochs or max_time")
     for i, beta in enumerate(t.adam_betas):
         fraction(f"train.adam_betas[{i}]", beta)
     if t.max_time is not None:

@@ -16,6 +16,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from mtkit.budget import STOP_REASONS, budget_used, stop_code
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
@@ -29,7 +30,7 @@ from mtkit.runlog import (
     progress_bar,
     setup_logging,
 )
-from mtkit.schedule import inverse_sqrt_lr
+from mtkit.schedule import cooldown_factor, inverse_sqrt_lr
 
 log = logging.getLogger("mtkit")
 
@@ -195,8 +196,9 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     with stop.installed():
         while True:
             # All processes take the same decision (time and signals may differ between them).
-            code = stop_code(t, progress, sampler, validator, time.monotonic() - started >= budget_s)
-            code, signum = distributed.agree(world, [code, stop.signum or 0], "max")
+            elapsed = time.monotonic() - started
+            code = stop_code(t, progress, sampler, validator, elapsed >= budget_s)
+            code, signum, elapsed_ms = distributed.agree(world, [code, stop.signum or 0, int(elapsed * 1000)], "max")
             if signum:
                 if progress.step != saved_step:
                     save("last")
@@ -213,6 +215,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
             local_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
             (n_tokens,) = distributed.agree(world, [local_tokens], "sum")
             lr = inverse_sqrt_lr(progress.step + 1, t.lr, t.warmup_steps)
+            if t.cooldown:
+                lr *= cooldown_factor(budget_used(t, progress.step, elapsed_ms / 1000, budget_s, sampler), t.cooldown)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             try:
@@ -266,22 +270,6 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     metrics.write("end", step=progress.step, reason=reason, elapsed_s=round(elapsed, 1),
                   best_bleu=progress.best_bleu, **{f"peak_{k}_mb": v for k, v in memory.items()})
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
-
-
-STOP_REASONS = {1: "reached train.max_steps={t.max_steps}", 2: "reached train.max_epochs={t.max_epochs}",
-                3: "early stopping: no better dev BLEU in {t.patience} validations",
-                4: "reached train.max_time={t.max_time}"}
-
-
-def stop_code(t, progress: Progress, sampler, validator, out_of_time: bool) -> int:
-    """Why this process would stop now: a key of STOP_REASONS, or 0 to go on."""
-    if t.max_steps is not None and progress.step >= t.max_steps:
-        return 1
-    if t.max_epochs is not None and epochs_done(sampler) >= t.max_epochs:
-        return 2
-    if validator is not None and t.patience and progress.bad_validations >= t.patience:
-        return 3
-    return 4 if out_of_time else 0
 
 
 def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, autocast, world):
@@ -341,12 +329,6 @@ def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: floa
                   ppl=round(math.exp(min(nll, 50)), 3), lr=lr, tokens_per_s=round(tps, 1),
                   elapsed_s=round(elapsed, 2))
     window.update(loss=0.0, nll=0.0, tokens=0, t0=now)
-
-
-def epochs_done(sampler) -> int:
-    """Complete passes over the training data (an epoch whose last batch was handed out counts)."""
-    state = sampler.state_dict()
-    return state["epoch"] + (state["position"] >= len(sampler))
 
 
 def make_optimizer(model, cfg: Config):

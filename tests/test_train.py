@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtkit.budget import budget_used
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import load_config
 from mtkit.errors import TrainingError
 from mtkit.interrupt import Interrupted
 from mtkit.loss import token_losses
-from mtkit.schedule import inverse_sqrt_lr
+from mtkit.schedule import cooldown_factor, inverse_sqrt_lr
 from mtkit.tokenizer import PAD_ID
 from mtkit.train import train
 from tests.tinyrun import checkpoint_weights, tiny_config, tiny_overrides
@@ -31,6 +32,64 @@ def test_inverse_sqrt_schedule_shape():
     assert all(a < b for a, b in zip(rates[:99], rates[1:100]))  # rising during warmup
     assert all(a >= b for a, b in zip(rates[99:], rates[100:]))  # then never rising
     assert inverse_sqrt_lr(4, lr, 0) == pytest.approx(lr / 2)  # no warmup: lr / sqrt(step)
+
+
+def test_cooldown_takes_the_rate_linearly_to_zero_over_the_last_part():
+    assert [cooldown_factor(d, 0.0) for d in (0.0, 0.9, 1.0)] == [1.0, 1.0, 1.0]  # off: the paper
+    assert [cooldown_factor(d, 0.25) for d in (0.0, 0.5, 0.75, 0.875, 1.0)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+    assert cooldown_factor(0.5, 1.0) == 0.5  # the whole budget
+
+
+class Sampler:
+    def __init__(self, epoch: int, position: int, batches: int):
+        self.state, self.batches = {"epoch": epoch, "position": position}, batches
+
+    def state_dict(self):
+        return self.state
+
+    def __len__(self):
+        return self.batches
+
+
+def test_budget_used_is_that_of_the_budget_that_ends_first():
+    t = load_config(None, ["data.train.src=a", "data.train.tgt=b", "train.max_steps=100"]).train
+    assert budget_used(t, 10, 30.0, 60.0, Sampler(0, 10, 50)) == 0.5  # time: 30 of 60 s
+    assert budget_used(t, 80, 30.0, math.inf, Sampler(1, 30, 50)) == 0.8  # steps: 80 of 100
+    t = load_config(None, ["data.train.src=a", "data.train.tgt=b", "train.max_steps=null",
+                           "train.max_epochs=4"]).train
+    assert budget_used(t, 80, 30.0, math.inf, Sampler(1, 30, 50)) == pytest.approx(1.6 / 4)  # epochs
+    assert budget_used(t, 999, 99.0, 60.0, Sampler(9, 0, 50)) == 1.0  # never past the end
+
+
+def test_cooldown_in_training_and_exact_resume_inside_it(tmp_path, monkeypatch):
+    """With cooldown 0.5 of 20 steps, the logged rate is inverse-sqrt times the linear fall from
+    step 11; a run interrupted at step 15 and resumed ends with the weights of one that never stopped."""
+    import mtkit.train as train_mod
+
+    extra = ["train.cooldown=0.5", "train.log_every=1"]
+    train(tiny_config(tmp_path, "straight", extra))
+    events = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
+    rates = {e["step"]: e["lr"] for e in events if e["event"] == "train"}
+    assert sorted(rates) == list(range(1, 21))
+    for step, lr in rates.items():
+        expected = inverse_sqrt_lr(step, 0.003, 10) * min(1.0, (1 - (step - 1) / 20) / 0.5)
+        assert lr == pytest.approx(expected), step
+    assert rates[20] == pytest.approx(inverse_sqrt_lr(20, 0.003, 10) / 10)  # the last update: 1/10 of it
+
+    real = train_mod.log_train
+
+    def log_and_interrupt(metrics, progress, *args):
+        real(metrics, progress, *args)
+        if progress.step == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_mod, "log_train", log_and_interrupt)
+    with pytest.raises(Interrupted):
+        train(tiny_config(tmp_path, "stopped", extra))
+    monkeypatch.setattr(train_mod, "log_train", real)
+    assert train(tiny_config(tmp_path, "stopped", extra))["step"] == 20
+    a, b = checkpoint_weights(tmp_path / "straight/last.pt"), checkpoint_weights(tmp_path / "stopped/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_label_smoothed_loss_matches_hand_computation():
@@ -121,6 +180,16 @@ def test_changed_config_is_refused_unless_overwrite(tmp_path):
     summary = train(tiny_config(tmp_path, extra=["model.d_ff=128", "train.max_steps=10"]), overwrite=True)
     assert summary["step"] == 10
     assert load_checkpoint(tmp_path / "run/last.pt")["config"]["model"]["d_ff"] == 128
+
+
+def test_moved_run_dir_resumes_where_it_now_is(tmp_path):
+    import shutil
+
+    train(tiny_config(tmp_path, "old", ["train.max_steps=10"]))
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    summary = train(tiny_config(tmp_path, "new"))
+    assert summary["step"] == 20 and "resumed from" in (tmp_path / "new/train.log").read_text()
+    assert not (tmp_path / "old").exists()
 
 
 def test_init_from_fine_tunes(tmp_path):
