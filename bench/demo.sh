@@ -4,7 +4,8 @@
 #   2. train configs/ding-de-en.yaml for a time budget (default 30m; progress on stderr)
 #   3. translate a few sentences
 #   4. evaluate best.pt on the test split with beam 5 (BLEU/chrF/TER with sacreBLEU signatures)
-# Running it again resumes the same run dir for another budget; delete runs/ding-de-en to start over.
+# Running it again finds the run finished (its budget counts every call) and only translates and
+# evaluates; a larger DEMO_TIME trains on. Delete runs/ding-de-en to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUDGET=${1:-30m}

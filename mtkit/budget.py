@@ -1,8 +1,8 @@
 """The training budget: when training stops (steps, epochs, time, patience) and how much is used.
 
 Whichever budget ends first stops the run; the same "first to end" decides the fraction used, which
-the learning-rate cooldown (schedule.py) reads. Time counts from the start of this `mtkit train`
-call, so a resumed run gets its train.max_time again.
+the learning-rate cooldown (schedule.py) reads. Time is the training time of all `mtkit train`
+calls of the run (checkpoints carry it), as steps and epochs are.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # clip the gradient's global norm to this; 0 = off
     max_steps: Optional[int] = 100_000  # stop after this many updates
     max_epochs: Optional[int] = None  # stop after this many passes over the training data
-    max_time: Optional[str] = None  # stop after this wall time: seconds, "90s", "12m", "2h"
+    max_time: Optional[str] = None  # stop after this training time (all calls): seconds, "90s", "12m", "2h"
     eval_every: int = 1000  # updates between validations (and last.pt saves)
     log_every: int = 100  # updates between training log lines
     patience: int = 10  # stop after this many validations without a better dev BLEU; 0 = never

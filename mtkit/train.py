@@ -43,6 +43,7 @@ class Progress:
     best_bleu: float = -1.0
     bad_validations: int = 0  # validations in a row without a better BLEU (early stopping)
     tokens_seen: int = 0  # target tokens (non-pad) trained on
+    train_seconds: float = 0.0  # wall time of the training loop over all calls, as of the last save
 
 
 def resolve_device(name: str) -> str:
@@ -171,6 +172,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     def save(path_kind: str) -> None:
         nonlocal saved_step
         distributed.check_in_sync(world, model)
+        progress.train_seconds = round(time.monotonic() - started, 3)
         rngs = distributed.gather(world, rng_state())  # every rank's, for an exact resume
         if world.is_main:
             saver.save(path_kind, progress.step, {
@@ -186,7 +188,9 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                                dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[t.precision])
                 if t.precision != "fp32" else nullcontext())
     stop = StopFlag(escalate=not world.distributed)
-    started = time.monotonic()
+    # Time budgets count the training of every call, like steps: a run killed and resumed (with the
+    # same command) stops and cools down where an uninterrupted one would.
+    started = time.monotonic() - progress.train_seconds
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "t0": time.monotonic()}
     bad_steps = 0
     bar = progress_bar(t.max_steps, progress.step, "step") if world.is_main else None  # terminals only

@@ -254,6 +254,18 @@ def test_max_epochs_budget(tmp_path):
     assert summary["step"] == start["batches_per_epoch"]  # exactly one pass, not one batch more
 
 
+def test_time_budget_counts_the_training_of_every_call(tmp_path):
+    """A checkpoint carries the training time; a resumed run whose time is spent stops at once."""
+    train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
+    spent = load_checkpoint(tmp_path / "run/last.pt")["progress"]["train_seconds"]
+    assert spent > 0
+    summary = train(tiny_config(tmp_path, extra=[f"train.max_time={spent / 2:.3f}"]))  # max_steps 20 again
+    assert summary["step"] == 10 and "max_time" in summary["reason"]
+    summary = train(tiny_config(tmp_path, extra=[f"train.max_time={spent + 3600:.3f}"]))
+    assert summary["step"] == 20 and "max_steps" in summary["reason"]
+    assert load_checkpoint(tmp_path / "run/last.pt")["progress"]["train_seconds"] > spent
+
+
 def test_early_stopping_holds_across_resume(tmp_path):
     cfg = tiny_config(tmp_path, extra=["train.max_steps=60", "train.patience=1", "train.lr=1e-9",
                                        "train.warmup_steps=0"])
