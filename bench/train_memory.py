@@ -4,16 +4,19 @@
 Builds the config's model and real training batches (as bench/train_speed.py does), runs bf16
 updates through mtkit's own train_step and prints the process's resident size every --every
 updates. --fixed repeats the first batch instead, so every update asks for the same block sizes;
+--release-every N hands the heap's free pages back (glibc malloc_trim) every N updates;
 MTKIT_MALLOC=system in the environment keeps glibc's allocator defaults (mtkit keeps freed memory).
 Run each setting in its own process. Prints the settings, the series and one JSON line.
 
 usage: python bench/train_memory.py [--config configs/ding-de-en.yaml] [--batch-tokens 2048]
                                     [--steps 300] [--every 50] [--fixed] [--threads 2]
+                                    [--release-every N]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -36,9 +39,10 @@ def main() -> None:
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--fixed", action="store_true", help="repeat the first batch (one shape)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--release-every", type=int, default=0, help="malloc_trim every N updates (0 = never)")
     args = p.parse_args()
 
-    from mtkit.memory import keep_freed_memory
+    from mtkit.memory import keep_freed_memory, peak_rss_mb
 
     malloc = "kept for reuse" if keep_freed_memory() else "system"
     import torch
@@ -63,18 +67,25 @@ def main() -> None:
     start = rss_mb()
     print(f"mtkit train memory: {args.config}, batch_tokens {args.batch_tokens}, bf16, {args.threads} threads,"
           f" {'one batch repeated' if args.fixed else 'the real batches'}, freed memory {malloc},"
+          f" released every {args.release_every or 'never'} updates,"
           f" torch {torch.__version__}; RSS before the first update {start} MB")
-    series, t0 = {}, time.perf_counter()
+    series, t0, tokens = {}, time.perf_counter(), 0
     for step in range(1, args.steps + 1):
         batch = first if args.fixed else make_batch(*rows(train_ds, next(batches)[1]))
         n = int((batch["tgt_out"] != PAD_ID).sum())
+        tokens += n
         train_step(model, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
+        if args.release_every and step % args.release_every == 0:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         if step % args.every == 0:
             series[step] = rss_mb()
             print(f"  update {step:>5}: RSS {series[step]:,} MB")
+    seconds = time.perf_counter() - t0
+    print(f"  peak RSS {peak_rss_mb():,} MB; {tokens / seconds:,.0f} target tok/s over {seconds:.1f} s")
     print(json.dumps({"bench": "train_memory", "config": str(args.config), "batch_tokens": args.batch_tokens,
-                      "fixed": args.fixed, "malloc": malloc, "rss_start_mb": start, "rss_mb": series,
-                      "seconds": round(time.perf_counter() - t0, 1)}))
+                      "fixed": args.fixed, "malloc": malloc, "release_every": args.release_every,
+                      "rss_start_mb": start, "rss_mb": series, "peak_rss_mb": peak_rss_mb(),
+                      "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1)}))
 
 
 if __name__ == "__main__":
