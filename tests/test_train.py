@@ -64,8 +64,6 @@ def test_budget_used_is_that_of_the_budget_that_ends_first():
 def test_cooldown_in_training_and_exact_resume_inside_it(tmp_path, monkeypatch):
     """With cooldown 0.5 of 20 steps, the logged rate is inverse-sqrt times the linear fall from
     step 11; a run interrupted at step 15 and resumed ends with the weights of one that never stopped."""
-    import mtkit.train as train_mod
-
     extra = ["train.cooldown=0.5", "train.log_every=1"]
     train(tiny_config(tmp_path, "straight", extra))
     events = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
@@ -76,17 +74,10 @@ def test_cooldown_in_training_and_exact_resume_inside_it(tmp_path, monkeypatch):
         assert lr == pytest.approx(expected), step
     assert rates[20] == pytest.approx(inverse_sqrt_lr(20, 0.003, 10) / 10)  # the last update: 1/10 of it
 
-    real = train_mod.log_train
-
-    def log_and_interrupt(metrics, progress, *args):
-        real(metrics, progress, *args)
-        if progress.step == 15:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(train_mod, "log_train", log_and_interrupt)
+    sigint_at(monkeypatch, 15)
     with pytest.raises(Interrupted):
         train(tiny_config(tmp_path, "stopped", extra))
-    monkeypatch.setattr(train_mod, "log_train", real)
+    monkeypatch.undo()
     assert train(tiny_config(tmp_path, "stopped", extra))["step"] == 20
     a, b = checkpoint_weights(tmp_path / "straight/last.pt"), checkpoint_weights(tmp_path / "stopped/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -226,22 +217,27 @@ def test_nan_loss_is_skipped_then_stops(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_sigint_saves_and_resume_works(tmp_path, monkeypatch):
+def sigint_at(monkeypatch, step: int) -> None:
+    """Make training send itself SIGINT right after it logs update `step` (undo: monkeypatch.undo())."""
     import mtkit.train as train_mod
 
     real = train_mod.log_train
 
     def log_and_interrupt(metrics, progress, *args):
         real(metrics, progress, *args)
-        if progress.step == 5:
+        if progress.step == step:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(train_mod, "log_train", log_and_interrupt)
+
+
+def test_sigint_saves_and_resume_works(tmp_path, monkeypatch):
+    sigint_at(monkeypatch, 5)
     with pytest.raises(Interrupted) as e:
         train(tiny_config(tmp_path))
     assert e.value.exit_code == 130
     assert load_checkpoint(tmp_path / "run/last.pt")["step"] == 5
-    monkeypatch.setattr(train_mod, "log_train", real)
+    monkeypatch.undo()
     assert train(tiny_config(tmp_path))["step"] == 20
 
 
