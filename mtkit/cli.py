@@ -311,6 +311,10 @@ def main() -> None:
     """Entry point of the `mtkit` console script."""
     if "--debug" in sys.argv[1:]:
         STATE["debug"] = True
+    if "WORLD_SIZE" in os.environ:  # one of torchrun's processes (or --devices N's): see run_then_exit
+        from mtkit.distributed import run_then_exit
+
+        run_then_exit(app)
     app()
 
 

@@ -21,7 +21,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from mtkit.errors import TrainingError
 
@@ -209,3 +209,38 @@ def launch(nproc: int, args: list[str]) -> int:
     except SignalException as e:
         return 128 + int(e.sigval)
     return 0
+
+
+def run_then_exit(main: Callable[[], Any]) -> NoReturn:
+    """Run `main` (the CLI) in a process that torchrun started, then end the process without
+    Python's interpreter teardown, keeping its exit code.
+
+    Why: DistributedDataParallel leaves a C++ reference to the gloo process group behind (torch
+    2.13), so destroy_process_group does not stop it: its two worker threads and its socket thread
+    still run afterwards, even once the DDP module and its parameters are freed (seen in
+    /proc/self/task; a group never handed to DDP stops). Those threads then race the teardown of the
+    interpreter at exit, and now and then the process aborts there ("terminate called without an
+    active exception", exit 134: pytorch/pytorch#190489) after training has finished and saved.
+    By then everything mtkit writes is closed (checkpoints fsynced, logs closed), so the process
+    flushes its streams and leaves with os._exit, which takes those threads with it.
+    """
+    code = 0
+    try:
+        main()
+    except SystemExit as e:  # how the CLI always ends
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:  # with --debug the CLI lets it through
+        sys.excepthook(*sys.exc_info())
+        code = 130
+    except BaseException:  # a bug: the traceback Python would print
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone (a pipe whose reader left)
+            pass
+    os._exit(code)

@@ -115,3 +115,39 @@ def test_ctrl_c_stops_every_process_after_saving(tmp_path):
     assert p.returncode == 130, err
     assert err.count("stopped by SIGINT") == 1 and "Traceback" not in err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 5
+
+
+@pytest.mark.parametrize("body, code, out", [
+    ("print('done', end='')", 0, "done"),  # unflushed output still arrives
+    ("raise SystemExit(3)", 3, ""),
+    ("raise SystemExit('error: x')", 1, ""),
+    ("raise KeyboardInterrupt", 130, ""),
+    ("raise ValueError('a bug')", 1, ""),
+])
+def test_a_torchrun_process_ends_with_its_exit_code_and_without_interpreter_teardown(body, code, out):
+    # run_then_exit skips Python's teardown (where gloo's leftover threads can abort the process):
+    # an atexit handler, which teardown would run, must not print; the code and output must survive.
+    script = ("import atexit, logging, sys\n"
+              "from mtkit.distributed import run_then_exit\n"
+              "atexit.register(lambda: print('TEARDOWN', file=sys.stderr))\n"
+              "logging.basicConfig(stream=sys.stderr)\n"
+              "def main():\n"
+              "    logging.getLogger('t').warning('logged')\n"
+              f"    {body}\n"
+              "run_then_exit(main)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (code, out), r.stderr
+    assert "logged" in r.stderr and "TEARDOWN" not in r.stderr
+    assert ("error: x" in r.stderr) == ("error: x" in body)
+    assert ("Traceback" in r.stderr) == (code in (1, 130) and "SystemExit" not in body)
+
+
+def test_the_mtkit_command_under_torchrun_keeps_its_exit_code_and_error_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {max_step: 5}\n")
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    env.pop("MTKIT_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "mtkit", "data", "check", str(bad)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "max_step" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
