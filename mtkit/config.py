@@ -47,6 +47,7 @@ class DataConfig:
     max_len_ratio: float = 3.0  # drop training pairs whose token-length ratio exceeds this
     num_proc: Optional[int] = None  # processes for encoding; null = min(4, CPU cores)
     upsample_min_len: Optional[int] = None  # training pairs with a source this long (tokens) or longer ...
+    upsample_pattern: Optional[str] = None  # ... or whose source matches this regex (Python re.search) ...
     upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see README "Data sources")
 
 

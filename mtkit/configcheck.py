@@ -115,8 +115,14 @@ def cross_field_problems(cfg: Config) -> list[str]:
     positive("data.num_proc", d.num_proc)
     positive("data.upsample_min_len", d.upsample_min_len)
     positive("data.upsample_factor", d.upsample_factor)
-    if d.upsample_factor > 1 and d.upsample_min_len is None:
-        p.append(f"data.upsample_factor: {d.upsample_factor} needs data.upsample_min_len (which pairs to repeat)")
+    if d.upsample_factor > 1 and d.upsample_min_len is None and d.upsample_pattern is None:
+        p.append(f"data.upsample_factor: {d.upsample_factor} needs data.upsample_min_len or"
+                 " data.upsample_pattern (which pairs to repeat)")
+    if d.upsample_pattern is not None:
+        try:
+            re.compile(d.upsample_pattern)
+        except re.error as e:
+            p.append(f"data.upsample_pattern: not a regular expression ({e}): {d.upsample_pattern!r}")
     if tok.vocab_size < 8:
         p.append(f"tokenizer.vocab_size: must be >= 8 (got {tok.vocab_size})")
     if not 0.98 <= tok.character_coverage <= 1.0:  # SentencePiece refuses anything lower

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,20 +153,44 @@ def prepare_eval(
     return encode_pairs(load_pairs(split, data, name, cache_dir), tokenizer, data.num_proc)
 
 
-def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int) -> np.ndarray:
-    """Row numbers of one training epoch: every pair once, and pairs whose source has at least
-    `min_len` tokens `factor` times in all (data.upsample_*). Without upsampling: 0..n-1.
+def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int,
+                   sources: Sequence[str] | None = None, pattern: str | None = None) -> np.ndarray:
+    """Row numbers of one training epoch: every pair once, and `factor` times in all the pairs
+    whose source has at least `min_len` tokens or (given `sources`, the source texts) matches the
+    regular expression `pattern` (data.upsample_*). Without upsampling: 0..n-1.
 
     Used to give a small in-domain part of a corpus more weight, e.g. Ding's example sentences
     (the kind of text its dev and test sets hold) among its many one-word dictionary entries.
     """
     everything = np.arange(len(src_lens), dtype=np.int64)
-    if min_len is None or factor <= 1:
+    if factor <= 1 or (min_len is None and pattern is None):
         return everything
-    long = np.flatnonzero(np.asarray(src_lens) >= min_len)
-    log.info("upsampling: %d pairs with >= %d source tokens appear %d times per epoch (%d rows per epoch)",
-             len(long), min_len, factor, len(everything) + (factor - 1) * len(long))
-    return np.concatenate([everything] + [long] * (factor - 1))
+    chosen = np.zeros(len(src_lens), dtype=bool)
+    why = []
+    if min_len is not None:
+        chosen |= np.asarray(src_lens) >= min_len
+        why.append(f">= {min_len} source tokens")
+    if pattern is not None:
+        if sources is None or len(sources) != len(src_lens):
+            raise ValueError("upsample_index: a pattern needs the source text of every pair")
+        search = re.compile(pattern).search
+        chosen |= np.fromiter((search(s) is not None for s in sources), dtype=bool, count=len(sources))
+        why.append(f"a source matching {pattern!r}")
+    rows = np.flatnonzero(chosen)
+    log.info("upsampling: %d pairs with %s appear %d times per epoch (%d rows per epoch)",
+             len(rows), " or ".join(why), factor, len(everything) + (factor - 1) * len(rows))
+    return np.concatenate([everything] + [rows] * (factor - 1))
+
+
+def source_texts(ds: datasets.Dataset) -> list[str]:
+    """The "src" column as strings, read like `token_lengths` (through the row mapping)."""
+    column = ds.data.column("src")
+    mapping = getattr(ds, "_indices", None)
+    if mapping is not None:
+        column = column.take(mapping.column(0))
+    if len(column) != len(ds):  # datasets changed its internals: the public path
+        return list(ds["src"])
+    return column.to_pylist()
 
 
 def make_batch(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]] | None = None,
