@@ -166,20 +166,24 @@ def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int,
     if factor <= 1 or (min_len is None and pattern is None):
         return everything
     chosen = np.zeros(len(src_lens), dtype=bool)
-    why = []
     if min_len is not None:
         chosen |= np.asarray(src_lens) >= min_len
-        why.append(f">= {min_len} source tokens")
     if pattern is not None:
         if sources is None or len(sources) != len(src_lens):
             raise ValueError("upsample_index: a pattern needs the source text of every pair")
         search = re.compile(pattern).search
         chosen |= np.fromiter((search(s) is not None for s in sources), dtype=bool, count=len(sources))
-        why.append(f"a source matching {pattern!r}")
     rows = np.flatnonzero(chosen)
-    log.info("upsampling: %d pairs with %s appear %d times per epoch (%d rows per epoch)",
-             len(rows), " or ".join(why), factor, len(everything) + (factor - 1) * len(rows))
     return np.concatenate([everything] + [rows] * (factor - 1))
+
+
+def upsampling_line(data: DataConfig, pairs: int, rows: int, unit: str = "tokens") -> str:
+    """One line on what upsample_index did: `pairs` pairs in, `rows` rows per epoch out."""
+    why = ([f">= {data.upsample_min_len} source {unit}"] if data.upsample_min_len is not None else []) + (
+        [f"a source matching {data.upsample_pattern!r}"] if data.upsample_pattern is not None else [])
+    picked = (rows - pairs) // (data.upsample_factor - 1)
+    return (f"upsampling: {picked:,} of {pairs:,} pairs ({' or '.join(why)}) count {data.upsample_factor}"
+            f" times: {rows:,} rows per epoch")
 
 
 def source_texts(ds: datasets.Dataset) -> list[str]:
@@ -260,8 +264,12 @@ def check_report(cfg: Config, tokenizer: Tokenizer | None) -> str:
         else:
             src, tgt = _word_lengths(ds, "src"), _word_lengths(ds, "tgt")
         if name == "train":
-            report, _ = _drop_counts(src, tgt, data.max_len, data.max_len_ratio)
+            report, keep = _drop_counts(src, tgt, data.max_len, data.max_len_ratio)
             out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
+            if data.upsample_factor > 1:  # what training's upsample_index will pick among the kept pairs
+                texts = [s for s, k in zip(source_texts(ds), keep, strict=True) if k] if data.upsample_pattern else None
+                rows = upsample_index(src[keep], data.upsample_min_len, data.upsample_factor, texts, data.upsample_pattern)
+                out.append("  " + upsampling_line(data, report.kept, len(rows), unit))
         for side, lens in (("src", src), ("tgt", tgt)):
             p50, p90, p99 = (int(v) for v in np.percentile(lens, [50, 90, 99], method="higher"))
             out.append(f"  {side} length: p50 {p50}  p90 {p90}  p99 {p99}  max {int(lens.max())}")

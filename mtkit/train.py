@@ -102,7 +102,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
 
     from mtkit import distributed, runsetup
     from mtkit.batching import TokenBatchSampler
-    from mtkit.data import make_batch, source_texts, token_lengths, upsample_index
+    from mtkit.data import make_batch, source_texts, token_lengths, upsample_index, upsampling_line
     from mtkit.memory import peak_memory_mb
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
@@ -115,6 +115,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     d = cfg.data
     sources = source_texts(train_ds) if d.upsample_pattern is not None and d.upsample_factor > 1 else None
     index = upsample_index(src_lens, d.upsample_min_len, d.upsample_factor, sources, d.upsample_pattern)  # epoch rows
+    if len(index) > len(src_lens):
+        log.info("%s", upsampling_line(d, len(src_lens), len(index)))
     # Each process takes every size-th batch of the epoch's shuffled list (its shard).
     sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
                                 num_shards=world.size, shard=world.rank)

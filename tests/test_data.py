@@ -398,6 +398,10 @@ def test_check_report_with_and_without_tokenizer(tmp_path, tiny_tokenizer):
     assert "src length: p50 " in words and "tgt length: p50" in words
     pieces = check_report(cfg, tiny_tokenizer)
     assert "lengths in tokens" in pieces and "src coverage 100.0000%, unknown pieces 0.0000%" in pieces
+    assert "upsampling" not in pieces
+    # 7 of the 8 kept sources end like a sentence (not „…“); the dropped ("a", ...) does not count
+    up = Config(run_dir=cfg.run_dir, data=DataConfig(train=data.train, upsample_pattern=r"[.!?]$|^a$", upsample_factor=3))
+    assert "  upsampling: 7 of 8 pairs (a source matching '[.!?]$|^a$') count 3 times: 22 rows per epoch" in check_report(up, tiny_tokenizer)
     assert not (tmp_path / "run").exists()
 
 

@@ -250,6 +250,18 @@ def test_max_epochs_budget(tmp_path):
     assert summary["step"] == start["batches_per_epoch"]  # exactly one pass, not one batch more
 
 
+def test_upsampled_pairs_count_factor_times_per_epoch(tmp_path):
+    one_epoch = ["train.max_steps=null", "train.max_epochs=1"]
+    plain = train(tiny_config(tmp_path, "plain", one_epoch))
+    up = train(tiny_config(tmp_path, "up", [*one_epoch, "data.upsample_pattern=^gu\\b", "data.upsample_factor=3"]))
+    sources = (tmp_path / "data" / "train.src").read_text().splitlines()
+    picked = sum(s.split()[0] == "gu" for s in sources)
+    assert 0 < picked < len(sources)
+    assert (f"upsampling: {picked} of {len(sources)} pairs (a source matching '^gu\\\\b') count 3 times:"
+            f" {len(sources) + 2 * picked} rows per epoch") in (tmp_path / "up" / "train.log").read_text()
+    assert up["step"] > plain["step"]  # the epoch holds more batches
+
+
 def test_time_budget_counts_the_training_of_every_call(tmp_path):
     """A checkpoint carries the training time; a resumed run whose time is spent stops at once."""
     train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
