@@ -115,8 +115,12 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     d = cfg.data
     sources = source_texts(train_ds) if d.upsample_pattern is not None and d.upsample_factor > 1 else None
     index = upsample_index(src_lens, d.upsample_min_len, d.upsample_factor, sources, d.upsample_pattern)  # epoch rows
-    if len(index) > len(src_lens):
-        log.info("%s", upsampling_line(d, len(src_lens), len(index)))
+    if d.upsample_factor > 1:  # configured (the config check makes sure it has a criterion)
+        line = upsampling_line(d, len(src_lens), len(index))
+        if len(index) > len(src_lens):
+            log.info("%s", line)
+        else:
+            log.warning("%s: nothing to repeat; check data.upsample_min_len / data.upsample_pattern", line)
     # Each process takes every size-th batch of the epoch's shuffled list (its shard).
     sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
                                 num_shards=world.size, shard=world.rank)

@@ -260,6 +260,9 @@ def test_upsampled_pairs_count_factor_times_per_epoch(tmp_path):
     assert (f"upsampling: {picked} of {len(sources)} pairs (a source matching '^gu\\\\b') count 3 times:"
             f" {len(sources) + 2 * picked} rows per epoch") in (tmp_path / "up" / "train.log").read_text()
     assert up["step"] > plain["step"]  # the epoch holds more batches
+    train(tiny_config(tmp_path, "none", [*one_epoch, "data.upsample_pattern=^nothing", "data.upsample_factor=3"]))
+    assert "WARNING upsampling: 0 of 400 pairs (a source matching '^nothing') count 3 times: 400 rows per epoch:" \
+        " nothing to repeat" in (tmp_path / "none" / "train.log").read_text()
 
 
 def test_time_budget_counts_the_training_of_every_call(tmp_path):
