@@ -100,9 +100,8 @@ def token_lengths(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     # On the backing table, then through the row mapping that select/filter leave (datasets'
     # public path for a mapped dataset copies every row first: ~1 s and 250 MB on Ding).
     src, tgt = lengths(ds.data.column("src_ids")), lengths(ds.data.column("tgt_ids"))
-    mapping = getattr(ds, "_indices", None)
-    if mapping is not None:
-        rows = mapping.column(0).to_numpy()
+    rows = _table_rows(ds)
+    if rows is not None:
         src, tgt = src[rows], tgt[rows]
     if len(src) != len(ds):  # datasets changed its internals: take the slow public path
         table = ds.with_format("arrow", columns=["src_ids", "tgt_ids"])[:]
@@ -186,12 +185,19 @@ def upsampling_line(data: DataConfig, pairs: int, rows: int, unit: str = "tokens
             f" times: {rows:,} rows per epoch")
 
 
+def _table_rows(ds: datasets.Dataset) -> np.ndarray | None:
+    """The rows of the backing Arrow table that `ds` shows, in order (the mapping select/filter
+    leave); None when it shows the table as it is."""
+    mapping = getattr(ds, "_indices", None)
+    return None if mapping is None else mapping.column(0).to_numpy()
+
+
 def source_texts(ds: datasets.Dataset) -> list[str]:
     """The "src" column as strings, read like `token_lengths` (through the row mapping)."""
     column = ds.data.column("src")
-    mapping = getattr(ds, "_indices", None)
-    if mapping is not None:
-        column = column.take(mapping.column(0))
+    rows = _table_rows(ds)
+    if rows is not None:
+        column = column.take(rows)
     if len(column) != len(ds):  # datasets changed its internals: the public path
         return list(ds["src"])
     return column.to_pylist()
@@ -267,7 +273,8 @@ def check_report(cfg: Config, tokenizer: Tokenizer | None) -> str:
             report, keep = _drop_counts(src, tgt, data.max_len, data.max_len_ratio)
             out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
             if data.upsample_factor > 1:  # what training's upsample_index will pick among the kept pairs
-                texts = [s for s, k in zip(source_texts(ds), keep, strict=True) if k] if data.upsample_pattern else None
+                texts = (None if data.upsample_pattern is None
+                         else [s for s, k in zip(source_texts(ds), keep, strict=True) if k])
                 rows = upsample_index(src[keep], data.upsample_min_len, data.upsample_factor, texts, data.upsample_pattern)
                 out.append("  " + upsampling_line(data, report.kept, len(rows), unit))
         for side, lens in (("src", src), ("tgt", tgt)):

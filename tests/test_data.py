@@ -402,6 +402,8 @@ def test_check_report_with_and_without_tokenizer(tmp_path, tiny_tokenizer):
     # 7 of the 8 kept sources end like a sentence (not „…“); the dropped ("a", ...) does not count
     up = Config(run_dir=cfg.run_dir, data=DataConfig(train=data.train, upsample_pattern=r"[.!?]$|^a$", upsample_factor=3))
     assert "  upsampling: 7 of 8 pairs (a source matching '[.!?]$|^a$') count 3 times: 22 rows per epoch" in check_report(up, tiny_tokenizer)
+    everything = Config(run_dir=cfg.run_dir, data=DataConfig(train=data.train, upsample_pattern="", upsample_factor=2))
+    assert "  upsampling: 8 of 8 pairs (a source matching '') count 2 times: 16 rows per epoch" in check_report(everything, None)
     assert not (tmp_path / "run").exists()
 
 
