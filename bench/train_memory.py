@@ -69,14 +69,15 @@ def main() -> None:
           f" {'one batch repeated' if args.fixed else 'the real batches'}, freed memory {malloc},"
           f" released every {args.release_every or 'never'} updates,"
           f" torch {torch.__version__}; RSS before the first update {start} MB")
+    trim = ctypes.CDLL("libc.so.6").malloc_trim if args.release_every else None  # loaded once, not per update
     series, t0, tokens = {}, time.perf_counter(), 0
     for step in range(1, args.steps + 1):
         batch = first if args.fixed else make_batch(*rows(train_ds, next(batches)[1]))
         n = int((batch["tgt_out"] != PAD_ID).sum())
         tokens += n
         train_step(model, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
-        if args.release_every and step % args.release_every == 0:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if trim is not None and step % args.release_every == 0:
+            trim(0)
         if step % args.every == 0:
             series[step] = rss_mb()
             print(f"  update {step:>5}: RSS {series[step]:,} MB")
