@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--batch-sents", type=int, default=None, help="batches of N length-sorted sentences instead")
     ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="decode.precision")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32", help="decode.precision")
     args = ap.parse_args()
 
     import torch
@@ -45,7 +45,7 @@ def main() -> None:
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit translate` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     model, tok, cfg = load_model(args.model, "cpu")
-    model = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
+    model, args.precision = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()

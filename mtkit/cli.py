@@ -192,24 +192,6 @@ def train_cmd(
 # ----------------------------------------------------------------------------- translate, evaluate
 
 
-def _load(model: str, device: str, set_: Optional[List[str]], beam, greedy, nbest=None, batch_tokens=None):
-    from mtkit.config import apply_overrides
-    from mtkit.memory import keep_freed_memory
-    from mtkit.train import resolve_device
-    from mtkit.translate import cast_for_decoding, decode_settings, load_model
-
-    keep_freed_memory()
-    dev = resolve_device(device)
-    net, tok, cfg = load_model(model, dev)
-    if set_:
-        bad = [s for s in set_ if not s.split("=", 1)[0].strip().startswith("decode.")]
-        if bad:
-            raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
-        cfg = apply_overrides(cfg, set_, where="--set")
-    decode = decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
-    return cast_for_decoding(net, decode.precision), tok, decode, dev
-
-
 @app.command("translate")
 @handles_errors
 def translate_cmd(
@@ -224,9 +206,9 @@ def translate_cmd(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Translate a file or stdin: exactly one output line per input line, in order."""
-    from mtkit.translate import translate_file
+    from mtkit.translate import load_for_decoding, translate_file
 
-    net, tok, decode, dev = _load(model, device, set_, beam, greedy, nbest, batch_tokens)
+    net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, nbest, batch_tokens)
     if output is not None and output.exists():
         log.warning("overwriting %s when the translation is complete", output)
     translate_file(net, tok, decode, input, output, device=dev)
@@ -257,7 +239,7 @@ def evaluate_cmd(
     else:
         if model is None or src is None:
             raise ConfigError("give MODEL and --src to translate and score, or --hyp to score a file")
-        from mtkit.translate import translate_lines
+        from mtkit.translate import load_for_decoding, translate_lines
 
         refs = read_text_lines(ref, "references")
         srcs = read_text_lines(src, "source")
@@ -266,7 +248,7 @@ def evaluate_cmd(
 
             raise DataError(f"source {src} has {len(srcs)} lines but references {ref} has {len(refs)};"
                             " they must be line-aligned")
-        net, tok, decode, dev = _load(model, device, set_, beam, greedy, None, batch_tokens)
+        net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, None, batch_tokens)
         hyps = [ts[0].text for ts in translate_lines(net, tok, srcs, decode, dev)]
         if output is not None:
             from mtkit.runsetup import write_atomic
@@ -305,6 +287,16 @@ def average_cmd(
         log.warning("overwriting %s", output)
     save_checkpoint(output, average_checkpoints(paths))
     typer.echo(f"averaged {len(paths)} checkpoints -> {output}", err=True)
+
+
+@app.command("info")
+@handles_errors
+def info_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Versions, CPU, native bf16, threads and GPUs: what `precision: auto` picks here, for bug reports."""
+    from mtkit.hardware import format_report, machine_report
+
+    report = machine_report()
+    typer.echo(json.dumps(report) if as_json else format_report(report))
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ class TrainConfig:
     valid_max_sentences: Optional[int] = None  # validate on the first N dev pairs; null = all
     keep_last: int = 2  # step checkpoints step-N.pt kept besides last.pt and best.pt
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 adds GradScaler)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 where native, else fp32 (hardware.py)
     threads: Optional[int] = None  # CPU threads for torch; null = all cores
     max_bad_steps: int = 5  # NaN/inf or out-of-memory steps skipped before training stops
     compile: bool = False  # run the training forward through torch.compile (see README: measured)
@@ -108,7 +108,7 @@ class DecodeConfig:
     max_len_b: int = 10
     nbest: int = 1  # hypotheses returned per sentence (<= beam_size)
     stopping: Literal["early", "exact"] = "early"  # when a beam-search sentence stops (see search.py)
-    precision: Literal["fp32", "bf16"] = "fp32"  # weights and activations while translating (softmax in fp32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # weights while translating; auto = bf16 where native
     batch_tokens: int = 4096  # padded source tokens per decoding batch
     max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
 
@@ -139,6 +139,7 @@ RESUMABLE_KEYS = frozenset(
         "train.device",
         "train.threads",
         "train.compile",
+        "train.precision",  # numerics only: a run started in bf16 on the wrong machine can go on in fp32
         "train.valid_max_sentences",
         "decode.beam_size",
         "decode.length_penalty",

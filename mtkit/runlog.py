@@ -34,10 +34,18 @@ def setup_logging(verbosity: int = 0) -> None:
             h.setLevel(level)
             return
     handler = _BarAwareHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_StderrFormatter("%(message)s"))
     handler.setLevel(level)
     handler._mtkit_stderr = True  # type: ignore[attr-defined]
     log.addHandler(handler)
+
+
+class _StderrFormatter(logging.Formatter):
+    """Plain messages; a warning starts with `warning: `, as an error line starts with `error: `."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
 
 
 class _BarAwareHandler(logging.StreamHandler):

@@ -2,13 +2,16 @@
 
 `prepare_run` decides between a fresh start and a resume (refusing a changed config), trains or
 reuses the tokenizer, and writes the resolved config; `prepare_data` loads the splits;
-`Saver` writes last.pt / best.pt / step-N.pt. The training loop itself is in train.py.
+`Saver` writes last.pt / best.pt / step-N.pt, and `restore` loads a resumed run's state (weights,
+optimizer, data position, random streams) into the training objects. The training loop itself is
+in train.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,17 @@ log = logging.getLogger("mtkit")
 # What `--overwrite` clears (only these names: the run dir may hold the user's own files too).
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "train.log", "config.yaml")
 RUN_DIRS = ("tokenizer", "cache")
+
+
+@dataclass
+class Progress:
+    """The counters a checkpoint carries besides weights and optimizer state."""
+
+    step: int = 0  # optimizer updates done
+    best_bleu: float = -1.0
+    bad_validations: int = 0  # validations in a row without a better BLEU (early stopping)
+    tokens_seen: int = 0  # target tokens (non-pad) trained on
+    train_seconds: float = 0.0  # wall time of the training loop over all calls, as of the last save
 
 
 @dataclass
@@ -222,3 +236,61 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def restore(run: Run, cfg: Config, world, model, optimizer, scaler, sampler) -> Progress:
+    """Load a resumed run's state (weights, optimizer, data position, random streams) or an
+    --init-from checkpoint's weights; the Progress to continue from."""
+    progress = Progress()
+    if world.distributed:
+        seed_everything(cfg.seed + world.rank)  # same initial weights (seeded before), own dropout masks
+    if run.resume_state is not None:
+        s = run.resume_state
+        model.load_state_dict(s["model"])
+        optimizer.load_state_dict(s["optimizer"])
+        if s.get("scaler") and scaler.is_enabled():  # none, or unused, when resumed in another precision
+            scaler.load_state_dict(s["scaler"])
+        sampler.load_state_dict(s["data"])
+        progress = Progress(**s["progress"])
+        per_rank = s.get("rng_ranks") or [s["rng"]]
+        if len(per_rank) == world.size:
+            restore_rng(per_rank[world.rank])
+        else:  # another process count than the saved run: resumes, but not bit-exactly
+            seed_everything(cfg.seed + world.rank + progress.step)
+            if world.is_main:
+                log.warning("resuming a %d-process run on %d: random streams restart (dropout masks differ"
+                            " from an uninterrupted run)", len(per_rank), world.size)
+        log.info("resumed from %s at step %d", run.resume_path, progress.step)
+    elif run.init_state is not None:
+        try:
+            model.load_state_dict(run.init_state["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"--init-from {run.init_path}: its weights do not fit model.* of this config"
+                                f" ({str(e).splitlines()[0][:160]}); use the same model settings") from None
+        log.info("initialised weights from %s (fine-tuning with its tokenizer)", run.init_path)
+    return progress
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)

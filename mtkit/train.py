@@ -2,24 +2,24 @@
 
 `train(cfg)` prepares the run dir (resume, tokenizer, data), builds the model and optimizer,
 and runs updates until a budget (steps, epochs, time) or early stopping ends it, validating and
-saving on the way. Validation lives in validate.py, checkpoint files in checkpoint.py.
+saving on the way. Validation lives in validate.py, the run dir and resuming in runsetup.py,
+checkpoint files in checkpoint.py, the choice of precision in hardware.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import signal
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from mtkit.budget import STOP_REASONS, budget_used, stop_code
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
+from mtkit.hardware import resolve_device, resolve_precision
 from mtkit.interrupt import Interrupted, StopFlag
 from mtkit.loss import token_losses
 from mtkit.runlog import (
@@ -30,30 +30,10 @@ from mtkit.runlog import (
     progress_bar,
     setup_logging,
 )
+from mtkit.runsetup import Progress, restore, rng_state, seed_everything
 from mtkit.schedule import cooldown_factor, inverse_sqrt_lr
 
 log = logging.getLogger("mtkit")
-
-
-@dataclass
-class Progress:
-    """The counters a checkpoint carries besides weights and optimizer state."""
-
-    step: int = 0  # optimizer updates done
-    best_bleu: float = -1.0
-    bad_validations: int = 0  # validations in a row without a better BLEU (early stopping)
-    tokens_seen: int = 0  # target tokens (non-pad) trained on
-    train_seconds: float = 0.0  # wall time of the training loop over all calls, as of the last save
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device: cuda was asked for but no CUDA GPU is visible; use cpu or auto")
-    return name
 
 
 def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None) -> dict[str, Any]:
@@ -101,8 +81,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     import torch
 
     from mtkit import distributed, runsetup
-    from mtkit.batching import TokenBatchSampler
-    from mtkit.data import make_batch, source_texts, token_lengths, upsample_index, upsampling_line
+    from mtkit.data import make_batch
     from mtkit.memory import peak_memory_mb
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
@@ -111,66 +90,22 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     t = cfg.train
     seed_everything(cfg.seed)
     train_ds, valid_ds = data
-    src_lens, tgt_lens = token_lengths(train_ds)
-    d = cfg.data
-    sources = source_texts(train_ds) if d.upsample_pattern is not None and d.upsample_factor > 1 else None
-    index = upsample_index(src_lens, d.upsample_min_len, d.upsample_factor, sources, d.upsample_pattern)  # epoch rows
-    if d.upsample_factor > 1:  # configured (the config check makes sure it has a criterion)
-        line = upsampling_line(d, len(src_lens), len(index))
-        if len(index) > len(src_lens):
-            log.info("%s", line)
-        else:
-            log.warning("%s: nothing to repeat; check data.upsample_min_len / data.upsample_pattern", line)
-    # Each process takes every size-th batch of the epoch's shuffled list (its shard).
-    sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
-                                num_shards=world.size, shard=world.rank)
+    index, sampler = epoch_sampler(cfg, train_ds, world)
 
+    # auto -> bf16 where the device multiplies it natively, fp32 elsewhere (hardware.py says why).
+    precision, why = resolve_precision(t.precision, device, warn=world.is_main)
+    log.info("precision: %s", why)
     tok = run.tokenizer
     model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, pad_id=PAD_ID).to(device)
     optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=t.precision == "fp16")
-    progress = Progress()
-    if world.distributed:
-        seed_everything(cfg.seed + world.rank)  # same initial weights (seeded above), own dropout masks
-    if run.resume_state is not None:
-        s = run.resume_state
-        model.load_state_dict(s["model"])
-        optimizer.load_state_dict(s["optimizer"])
-        if s.get("scaler"):
-            scaler.load_state_dict(s["scaler"])
-        sampler.load_state_dict(s["data"])
-        progress = Progress(**s["progress"])
-        per_rank = s.get("rng_ranks") or [s["rng"]]
-        if len(per_rank) == world.size:
-            restore_rng(per_rank[world.rank])
-        else:  # another process count than the saved run: resumes, but not bit-exactly
-            seed_everything(cfg.seed + world.rank + progress.step)
-            if world.is_main:
-                log.warning("resuming a %d-process run on %d: random streams restart (dropout masks differ"
-                            " from an uninterrupted run)", len(per_rank), world.size)
-        log.info("resumed from %s at step %d", run.resume_path, progress.step)
-    elif run.init_state is not None:
-        try:
-            model.load_state_dict(run.init_state["model"])
-        except RuntimeError as e:
-            raise TrainingError(f"--init-from {run.init_path}: its weights do not fit model.* of this config"
-                                f" ({str(e).splitlines()[0][:160]}); use the same model settings") from None
-        log.info("initialised weights from %s (fine-tuning with its tokenizer)", run.init_path)
-    net = model  # what the training forward runs: the model, wrapped for DDP and/or compiled
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # No buffer sync: the only buffer is the sinusoidal table, computed alike everywhere (and
-        # extended lazily per process, so sizes may differ); the weights start equal (same seed).
-        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
-                                      else None, **distributed.no_buffer_sync())
-    if t.compile:
-        net = torch.compile(net, dynamic=True)  # shapes vary per batch: compile once for all of them
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")
+    progress = restore(run, cfg, world, model, optimizer, scaler, sampler)
+    net = training_forward(model, world, device, t.compile)  # the model, wrapped for DDP and/or compiled
     log.info("model: %s parameters, device %s, precision %s, %d threads%s",
-             f"{model.num_parameters():,}", device, t.precision, torch.get_num_threads(),
+             f"{model.num_parameters():,}", device, precision, torch.get_num_threads(),
              f", {world.size} processes (effective batch {world.size * t.accum_steps} x {t.batch_tokens} tokens)"
              if world.distributed else "")
-    metrics.write("start", step=progress.step, params=model.num_parameters(), device=device,
+    metrics.write("start", step=progress.step, params=model.num_parameters(), device=device, precision=precision,
                   train_pairs=len(train_ds), batches_per_epoch=len(sampler), processes=world.size)
 
     validator = Validator(valid_ds, tok, cfg, device) if valid_ds is not None and world.is_main else None
@@ -193,8 +128,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
 
     budget_s = parse_duration(t.max_time) if t.max_time is not None else math.inf
     autocast = (torch.autocast(device_type=device.split(":")[0],
-                               dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[t.precision])
-                if t.precision != "fp32" else nullcontext())
+                               dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+                if precision != "fp32" else nullcontext())
     stop = StopFlag(escalate=not world.distributed)
     # Time budgets count the training of every call, like steps: a run killed and resumed (with the
     # same command) stops and cools down where an uninterrupted one would.
@@ -284,6 +219,47 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
 
 
+def epoch_sampler(cfg: Config, train_ds, world):
+    """(row index of one epoch, with upsampled pairs repeated; this process's batch sampler over it)."""
+    from mtkit.batching import TokenBatchSampler
+    from mtkit.data import source_texts, token_lengths, upsample_index, upsampling_line
+
+    t = cfg.train
+    src_lens, tgt_lens = token_lengths(train_ds)
+    d = cfg.data
+    sources = source_texts(train_ds) if d.upsample_pattern is not None and d.upsample_factor > 1 else None
+    index = upsample_index(src_lens, d.upsample_min_len, d.upsample_factor, sources, d.upsample_pattern)  # epoch rows
+    if d.upsample_factor > 1:  # configured (the config check makes sure it has a criterion)
+        line = upsampling_line(d, len(src_lens), len(index))
+        if len(index) > len(src_lens):
+            log.info("%s", line)
+        else:
+            log.warning("%s: nothing to repeat; check data.upsample_min_len / data.upsample_pattern", line)
+    # Each process takes every size-th batch of the epoch's shuffled list (its shard).
+    sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
+                                num_shards=world.size, shard=world.rank)
+    return index, sampler
+
+
+def training_forward(model, world, device: str, compile_model: bool):
+    """What the training forward runs: the model, wrapped for DDP and/or torch.compile."""
+    import torch
+
+    from mtkit import distributed
+
+    net = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # No buffer sync: the only buffer is the sinusoidal table, computed alike everywhere (and
+        # extended lazily per process, so sizes may differ); the weights start equal (same seed).
+        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                                      else None, **distributed.no_buffer_sync())
+    if compile_model:
+        net = torch.compile(net, dynamic=True)  # shapes vary per batch: compile once for all of them
+    return net
+
+
 def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, autocast, world):
     """Forward/backward over an accumulation group and one optimizer update.
 
@@ -362,28 +338,3 @@ def rows(ds, indices) -> tuple[list[list[int]], list[list[int]]]:
     """The token ids of the given training pairs."""
     picked = ds[[int(i) for i in indices]]
     return picked["src_ids"], picked["tgt_ids"]
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    import torch
-
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -50,12 +50,43 @@ def load_model(model_path: str | Path, device: str = "cpu"):
     return model, tok, cfg
 
 
-def cast_for_decoding(model, precision: str):
-    """Apply decode.precision: "bf16" turns the weights to bf16, so the matmuls run on the CPU's bf16
-    units (or a GPU's tensor cores); search keeps its log-softmax and scores in fp32."""
+def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: list[str] | tuple[str, ...] = (),
+                      beam: int | None = None, greedy: bool = False, nbest: int | None = None,
+                      batch_tokens: int | None = None):
+    """What `mtkit translate` and `mtkit evaluate` decode with: (model, tokenizer, decode settings,
+    device). The checkpoint's decode.* settings, then `--set decode.*=...` overrides, then the flags;
+    the weights cast for decode.precision (auto resolved, so the settings name what runs)."""
+    from dataclasses import replace
+
+    from mtkit.config import apply_overrides
+    from mtkit.errors import ConfigError
+    from mtkit.hardware import resolve_device
+    from mtkit.memory import keep_freed_memory
+
+    keep_freed_memory()
+    device = resolve_device(device)
+    model, tok, cfg = load_model(model_path, device)
+    bad = [s for s in overrides if not s.split("=", 1)[0].strip().startswith("decode.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides), where="--set")
+    decode = decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
+    model, precision = cast_for_decoding(model, decode.precision, device)
+    return model, tok, replace(decode, precision=precision), device
+
+
+def cast_for_decoding(model, precision: str, device: str = "cpu"):
+    """Apply decode.precision: bf16 (asked for, or what auto picks where `device` computes bf16
+    natively) turns the weights to bf16, so the matmuls run on the CPU's bf16 units (or a GPU's
+    tensor cores); search keeps its log-softmax and scores in fp32. Returns (model, precision)."""
     import torch
 
-    return model.to(torch.bfloat16) if precision == "bf16" else model
+    from mtkit.hardware import resolve_precision
+
+    precision, why = resolve_precision(precision, device, "decode.precision")
+    log.info("%s", why)
+    return (model.to(torch.bfloat16) if precision == "bf16" else model), precision
 
 
 def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, device: str = "cpu",

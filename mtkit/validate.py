@@ -8,6 +8,7 @@ count; train.py decides what to save.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from mtkit.config import Config
+from mtkit.hardware import resolve_precision
 
 log = logging.getLogger("mtkit")
 
@@ -33,8 +35,11 @@ class Validator:
         self.label_smoothing = cfg.train.label_smoothing
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
-        # Validation BLEU is greedy (cheap and stable); `mtkit evaluate --greedy` reproduces it.
-        self.decode = replace(cfg.decode, beam_size=1, nbest=1)
+        # Validation BLEU is greedy (cheap and stable), decoded in decode.precision as `mtkit
+        # evaluate --greedy` does on this machine, so that it reproduces the logged BLEU.
+        precision, why = resolve_precision(cfg.decode.precision, device, "decode.precision")
+        log.info("validation decodes with %s", why)
+        self.decode = replace(cfg.decode, beam_size=1, nbest=1, precision=precision)
         src_ids, tgt_ids = valid_ds["src_ids"], valid_ds["tgt_ids"]
         sampler = TokenBatchSampler([len(x) for x in src_ids], [len(x) for x in tgt_ids],
                                     cfg.train.batch_tokens, seed=0, shuffle=False)
@@ -66,7 +71,10 @@ class Validator:
                 loss_sum += float(loss)
                 nll_sum += float(nll)
                 tokens += int((target != PAD_ID).sum())
-        hyps = [ts[0].text for ts in translate_lines(model, self.tokenizer, self.src_texts, self.decode, self.device)]
+        # bf16: a cast copy of the weights (the training model stays fp32), as evaluate's cast of best.pt.
+        decoder = copy.deepcopy(model).to(torch.bfloat16) if self.decode.precision == "bf16" else model
+        hyps = [ts[0].text for ts in translate_lines(decoder, self.tokenizer, self.src_texts, self.decode, self.device)]
+        del decoder
         scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
         tokens = max(tokens, 1)
         return {

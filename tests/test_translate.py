@@ -176,3 +176,27 @@ def test_bf16_decoding_through_the_cli(trained, tmp_path):
         outs[precision] = out.read_text(encoding="utf-8").splitlines()
     assert len(outs["bf16"]) == len(src)
     assert sum(a == b for a, b in zip(outs["fp32"], outs["bf16"])) >= len(src) // 2
+
+
+def test_bf16_on_a_cpu_without_it_translates_after_one_loud_warning(trained, tmp_path):
+    """An explicit decode.precision=bf16 where bf16 is emulated (forced by MTKIT_NATIVE_BF16=0):
+    one `warning: ` line on stderr with the measured cost, and the translation still done."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, *_ = trained
+    env = {**os.environ, "MTKIT_NATIVE_BF16": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-m", "mtkit", "translate", str(root / "run"), "--greedy",
+                        "--set", "decode.precision=bf16"], input="ba de\nko\n", capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split("\n")) == 3
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, r.stderr
+    assert warnings[0].startswith("warning: decode.precision bf16: MTKIT_NATIVE_BF16=0 is set, so bf16 matmuls"
+                                  " are emulated, ") and "set decode.precision to auto or fp32" in warnings[0]
+    r = subprocess.run([sys.executable, "-m", "mtkit", "translate", str(root / "run"), "--greedy"],
+                       input="ba de\n", capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr

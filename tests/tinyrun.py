@@ -15,6 +15,8 @@ TINY = [
     "train.batch_tokens=512", "train.lr=0.003", "train.warmup_steps=10",
     "train.log_every=5", "train.eval_every=10", "train.max_steps=20", "train.device=cpu",
     "train.threads=1", "train.valid_max_sentences=20",
+    # fp32 pinned: the same numbers on every CPU (precision auto is tested in test_hardware.py)
+    "train.precision=fp32", "decode.precision=fp32",
     "decode.beam_size=2", "decode.max_len_b=5", "decode.max_len_a=1.0",
     "data.src_lang=src", "data.tgt_lang=tgt", "data.max_len=32", "data.num_proc=1",
 ]

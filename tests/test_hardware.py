@@ -1,0 +1,184 @@
+"""precision: auto is decided by what the hardware reports, both answers tested with the check mocked.
+
+No test here depends on bf16 being fast: the CPU under the tests may have native bf16 or not."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from mtkit import hardware
+from mtkit.hardware import native_bf16, resolve_precision
+from tests.tinyrun import tiny_config
+
+NATIVE = (True, "this CPU computes bf16 natively (AVX-512 BF16)")
+EMULATED = (False, "this CPU has no native bf16 (AVX2)")
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set what the CPU check answers: cpu_bf16(NATIVE) or cpu_bf16(EMULATED)."""
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
+
+    def set_answer(answer):
+        monkeypatch.setattr(hardware, "_cpu_native_bf16", lambda: answer)
+
+    return set_answer
+
+
+@pytest.mark.parametrize("answer,expected", [(NATIVE, "bf16"), (EMULATED, "fp32")])
+def test_auto_picks_bf16_only_where_native_and_says_why(cpu_bf16, answer, expected):
+    cpu_bf16(answer)
+    precision, why = resolve_precision("auto", "cpu")
+    assert precision == expected
+    assert why == f"train.precision auto -> {expected}: {answer[1]}"
+
+
+@pytest.mark.parametrize("requested", ["fp32", "fp16"])
+def test_explicit_precisions_other_than_bf16_are_kept_without_asking_the_hardware(monkeypatch, requested):
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: pytest.fail("asked the hardware"))
+    assert resolve_precision(requested, "cpu") == (requested, f"train.precision {requested}")
+
+
+def test_explicit_bf16_without_native_bf16_is_kept_and_warned_once_with_its_measured_cost(
+        cpu_bf16, monkeypatch, caplog):
+    cpu_bf16(EMULATED)
+    monkeypatch.setattr(hardware, "bf16_slowdown", lambda device="cpu": 37.4)
+    with caplog.at_level(logging.WARNING, logger="mtkit"):
+        precision, why = resolve_precision("bf16", "cpu", "decode.precision")
+    assert precision == "bf16" and "as asked" in why
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "decode.precision bf16" in warnings[0] and "no native bf16 (AVX2)" in warnings[0]
+    assert "37x slower than fp32" in warnings[0] and "auto or fp32" in warnings[0]
+    caplog.clear()
+    resolve_precision("bf16", "cpu", warn=False)  # the other processes of a distributed run
+    assert not caplog.records
+
+
+def test_explicit_bf16_with_native_bf16_is_quiet(cpu_bf16, monkeypatch, caplog):
+    cpu_bf16(NATIVE)
+    monkeypatch.setattr(hardware, "bf16_slowdown", lambda device="cpu": pytest.fail("timed for nothing"))
+    with caplog.at_level(logging.WARNING, logger="mtkit"):
+        assert resolve_precision("bf16", "cpu")[0] == "bf16"
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("features,onednn,expected", [
+    ({"avx512_bf16": True}, True, (True, "this CPU computes bf16 natively (AVX-512 BF16)")),
+    ({"amx_bf16": True, "avx512_bf16": True}, True, (True, "this CPU computes bf16 natively (AMX and AVX-512 BF16)")),
+    ({}, True, (False, "this CPU has no native bf16 (AVX2)")),  # AVX-512 without BF16: oneDNN converts to fp32
+    ({"avx512_bf16": True}, False, (False, "this CPU has no native bf16 (AVX2)")),  # e.g. ONEDNN_MAX_CPU_ISA=AVX2
+])
+def test_cpu_check_needs_the_bf16_units_and_onednn(monkeypatch, features, onednn, expected):
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+
+    class Mkldnn:
+        @staticmethod
+        def _is_mkldnn_bf16_supported():
+            return onednn
+
+    class Ops:
+        mkldnn = Mkldnn()
+
+    monkeypatch.setattr(torch, "ops", Ops())
+    assert native_bf16("cpu") == expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cuda_answer_is_the_gpus_own_without_emulation(monkeypatch, native):
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
+    calls = []
+
+    def is_bf16_supported(including_emulation=True):
+        calls.append(including_emulation)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    ok, why = native_bf16("cuda:0")
+    assert ok is native and calls == [False]
+    assert why == ("Tesla T4 computes bf16 natively" if native else "Tesla T4 has no native bf16")
+    assert resolve_precision("auto", "cuda:0")[0] == ("bf16" if native else "fp32")
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_environment_overrides_the_check(monkeypatch, value):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, value)
+    monkeypatch.setattr(hardware, "_cpu_native_bf16", lambda: pytest.fail("not overridden"))
+    assert native_bf16("cpu") == (value == "1", f"MTKIT_NATIVE_BF16={value} is set")
+
+
+def test_matmul_timing_is_bounded_by_one_call_past_its_time():
+    """A dtype that is slow here stops growing the matrix: at most one call runs past the time."""
+    flops, n = hardware.matmul_flops(torch.float32, seconds=0.0, max_n=2048)
+    assert flops > 0 and n == 256  # a zero budget: the smallest size, one timed call
+    assert hardware.bf16_slowdown() > 0
+
+
+@pytest.mark.parametrize("answer,expected", [(NATIVE, "bf16"), (EMULATED, "fp32")])
+def test_training_says_which_precision_auto_chose_and_why(tmp_path, cpu_bf16, caplog, answer, expected):
+    from mtkit.train import train
+
+    cpu_bf16(answer)
+    cfg = tiny_config(tmp_path, extra=["train.precision=auto", "train.max_steps=5", "train.eval_every=5"])
+    with caplog.at_level(logging.INFO, logger="mtkit"):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"precision: train.precision auto -> {expected}: {answer[1]}" in lines
+    assert any(line.startswith("model: ") and f"precision {expected}," in line for line in lines)
+    start = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["precision"] == expected
+
+
+def test_validation_in_bf16_is_what_evaluate_reproduces(tmp_path):
+    """decode.precision bf16 (what auto picks on a bf16 CPU): validation decodes a bf16 copy of the
+    weights, so `mtkit evaluate best.pt --greedy` gives the logged BLEU exactly."""
+    from typer.testing import CliRunner
+
+    from mtkit.cli import app
+    from mtkit.train import train
+
+    train(tiny_config(tmp_path, extra=["decode.precision=bf16", "train.max_steps=20"]))
+    valids = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    best = max((e for e in valids if e["event"] == "valid"), key=lambda e: e["bleu"])
+    src, ref = tmp_path / "dev20.src", tmp_path / "dev20.tgt"
+    src.write_text("".join(x + "\n" for x in (tmp_path / "data/dev.src").read_text().splitlines()[:20]))
+    ref.write_text("".join(x + "\n" for x in (tmp_path / "data/dev.tgt").read_text().splitlines()[:20]))
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run/best.pt"), "--src", str(src), "--ref", str(ref),
+                                 "--greedy", "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["bleu"] == pytest.approx(best["bleu"], abs=1e-9)
+
+
+def test_a_run_started_in_bf16_can_resume_in_fp32(tmp_path):
+    """train.precision may change on resume (a run started with bf16 on a machine without it)."""
+    from mtkit.train import train
+
+    train(tiny_config(tmp_path, extra=["train.precision=bf16", "train.max_steps=5", "train.eval_every=5"]))
+    summary = train(tiny_config(tmp_path, extra=["train.precision=fp32", "train.max_steps=10",
+                                                 "train.eval_every=5"]))
+    assert summary["step"] == 10
+
+
+def test_info_reports_versions_and_what_auto_picks(cpu_bf16):
+    from typer.testing import CliRunner
+
+    from mtkit.cli import app
+
+    cpu_bf16(EMULATED)
+    r = CliRunner().invoke(app, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["torch"] == torch.__version__
+    assert {"mtkit", "sentencepiece", "sacrebleu", "datasets", "cpu", "cpu_capability", "torch_threads",
+            "gpus"} <= set(report)
+    assert (report["cpu_native_bf16"], report["auto_precision_cpu"]) == (False, "fp32")
+    r = CliRunner().invoke(app, ["info"])
+    assert r.exit_code == 0 and "cpu_native_bf16:      no" in r.stdout and "gpus:                 none" in r.stdout
