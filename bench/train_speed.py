@@ -5,11 +5,14 @@ Builds the config's model and its real training batches (the run dir's tokenizer
 both are made when missing), then times full updates (forward, label-smoothed loss, backward,
 clipping, Adam) with mtkit's own train_step. Precisions alternate in rounds (A B A B ...) so
 machine noise hits all alike; the figure is the median over the timed updates after warm-up. The
-same run measures this CPU's matmul peak with a large torch.mm, and reports the model's FLOPs per
-target token and the utilisation of that peak. Prints the settings, a table and one JSON line.
+same run measures this CPU's matmul peak (torch.mm, sized and repeated for a quarter of a second
+per dtype), and reports the model's FLOPs per target token and the utilisation of that peak. bf16
+is timed only where the CPU computes it natively: elsewhere it is emulated, many times slower,
+and reported as "emulated" (mtkit/hardware.py decides; MTKIT_NATIVE_BF16=0/1 overrides). Prints the
+settings, a table and one JSON line.
 
 usage: python bench/train_speed.py [--config configs/ding-de-en.yaml] [--batch-tokens 4096]
-                                   [--precisions fp32 bf16] [--steps 10] [--rounds 2] [--threads 2]
+                                   [--precisions fp32 bf16 (default: bf16 only where native)] [--steps 10] [--rounds 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -23,17 +26,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def matmul_peak(dtype, n: int = 2048, repeat: int = 10) -> float:
-    import torch
-
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    return 2 * n**3 * repeat / (time.perf_counter() - t0)
 
 
 def training_batches(config: Path, run_dir: Path | None, batch_tokens: int, overrides=()):
@@ -60,7 +52,8 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=Path("configs/ding-de-en.yaml"))
     p.add_argument("--run-dir", type=Path, default=None, help="tokenizer + data cache (default: the config's)")
     p.add_argument("--batch-tokens", type=int, default=4096)
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="bf16 is reported as emulated, not timed, where the CPU has no native bf16")
     p.add_argument("--steps", type=int, default=10, help="timed updates per precision per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed updates before each timed block")
     p.add_argument("--rounds", type=int, default=2)
@@ -73,6 +66,7 @@ def main() -> None:
 
     from mtkit.data import make_batch
     from mtkit.distributed import World
+    from mtkit.hardware import cpu_capability, matmul_flops, native_bf16
     from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.model import Transformer
     from mtkit.runlog import setup_logging
@@ -84,15 +78,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg, run, train_ds, batches = training_batches(args.config, args.run_dir, args.batch_tokens, args.overrides)
     tok = run.tokenizer
+    bf16_native, bf16_why = native_bf16("cpu")
+    emulated = [] if bf16_native else [p for p in args.precisions if p == "bf16"]
+    precisions = [p for p in args.precisions if p not in emulated]
+    if not precisions:
+        sys.exit(f"error: nothing to time: bf16 is emulated here ({bf16_why}); add --precisions fp32")
     models = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> (model, forward module, optimizer)
-    settings = args.precisions + ([f"{p}+compile" for p in args.precisions] if args.compile else [])
+    settings = precisions + ([f"{p}+compile" for p in precisions] if args.compile else [])
     for setting in settings:
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
         net = torch.compile(model, dynamic=True) if setting.endswith("+compile") else model
         models[setting] = (model, net, make_optimizer(model, cfg))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {"fp32": matmul_flops(torch.float32, 0.25)}  # (FLOP/s, n)
+    if bf16_native:
+        peaks["bf16"] = matmul_flops(torch.bfloat16, 0.25)
 
     per_step: dict[str, list[float]] = {s: [] for s in settings}
     tokens: dict[str, list[int]] = {s: [] for s in settings}
@@ -114,24 +115,32 @@ def main() -> None:
     tgt_len = statistics.mean(t for _, t in shapes)
     flops = models[settings[0]][0].flops_per_target_token(round(src_len), round(tgt_len))
     result = {"config": str(args.config), "batch_tokens": args.batch_tokens, "threads": args.threads, "malloc": malloc,
-              "torch": torch.__version__, "params": models[settings[0]][0].num_parameters(),
-              "mflop_per_target_token": round(flops / 1e6, 1),
-              "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "precisions": {}}
+              "torch": torch.__version__, "cpu_capability": cpu_capability(), "native_bf16": bf16_native,
+              "params": models[settings[0]][0].num_parameters(), "mflop_per_target_token": round(flops / 1e6, 1),
+              "matmul_peak_gflops": {"fp32": round(peaks["fp32"][0] / 1e9, 1),
+                                     "bf16": round(peaks["bf16"][0] / 1e9, 1) if bf16_native else "emulated"},
+              "precisions": {}}
     for setting in settings:
         tok_s = statistics.median(n / s for n, s in zip(tokens[setting], per_step[setting]))
         result["precisions"][setting] = {
             "tokens_per_s": round(tok_s), "real_target_tokens_per_batch": round(statistics.mean(tokens[setting])),
             "seconds_per_update": round(statistics.median(per_step[setting]), 3),
-            "utilisation_of_fp32_peak": round(tok_s * flops / peaks["fp32"], 3)}
+            "utilisation_of_fp32_peak": round(tok_s * flops / peaks["fp32"][0], 3)}
+    for precision in emulated:
+        result["precisions"][precision] = "emulated"
     base = result["precisions"][settings[0]]["tokens_per_s"]
     result["peak_rss_mb"] = peak_rss_mb()
     print(f"mtkit train speed: {args.config}, {result['params']:,} parameters, batch_tokens {args.batch_tokens},"
           f" {args.threads} threads, {args.rounds} rounds x {args.steps} timed updates, freed memory {malloc},"
           f" torch {torch.__version__}")
-    print(f"  matmul peak (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s;"
-          f" model {flops / 1e6:.1f} MFLOP per target token")
+    print(f"  CPU {result['cpu_capability']}; bf16: {bf16_why}")
+    print("  matmul peak: " + ", ".join(f"{k} {v[0] / 1e9:.0f} GFLOP/s ({v[1]}^3)" for k, v in peaks.items())
+          + ("" if bf16_native else ", bf16 emulated (not timed)") + f"; model {flops / 1e6:.1f} MFLOP per target token")
     print(f"  {'setting':<13} {'tok/s':>8} {'x':>6} {'s/update':>9} {'real tok/batch':>15} {'% fp32 peak':>12}")
     for precision, r in result["precisions"].items():
+        if r == "emulated":
+            print(f"  {precision:<13} {'emulated on this CPU: not timed':>30}")
+            continue
         print(f"  {precision:<13} {r['tokens_per_s']:>8} {r['tokens_per_s'] / base:>6.2f} {r['seconds_per_update']:>9}"
               f" {r['real_target_tokens_per_batch']:>15} {100 * r['utilisation_of_fp32_peak']:>11.0f}%")
     print(json.dumps({"bench": "train_speed", **result}))

@@ -17,20 +17,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_runs_and_reports_every_figure():
+    """bf16 is timed where this CPU computes it natively, and reported as emulated elsewhere."""
+    from mtkit.hardware import native_bf16
+
     r = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu-smoke"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["smoke"] is True
-    assert [t["precision"] for t in result["training"]] == ["bf16", "fp32"]
+    native = native_bf16("cpu")[0]
+    assert result["native_bf16"] is native
+    precisions = ["bf16", "fp32"] if native else ["fp32"]
+    assert [t["precision"] for t in result["training"]] == precisions
     assert all(t["tokens_per_s"] > 0 and t["steps"] >= 1 for t in result["training"])
-    assert {(d["beam"], d["precision"]) for d in result["decoding"]} == {(1, "fp32"), (1, "bf16"), (5, "fp32"),
-                                                                        (5, "bf16")}
+    assert {(d["beam"], d["precision"]) for d in result["decoding"]} == {(b, p) for b in (1, 5) for p in precisions}
+    assert result["matmul_tflops"]["tf32"] > 0
+    assert result["matmul_tflops"]["bf16"] == "emulated" if not native else result["matmul_tflops"]["bf16"] > 0
     assert result["ddp"] == {**result["ddp"], "ok": True, "exit_code": 0, "backend": "gloo"}
 
 
 @pytest.mark.slow
-def test_train_speed_benchmark_runs_on_tiny_settings(tmp_path):
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_train_speed_benchmark_runs_on_tiny_settings(tmp_path, native):
+    """Both answers of the bf16 check (forced by MTKIT_NATIVE_BF16): an emulated bf16 is reported as
+    such, never timed (on an AVX2 CPU timing it took over 5 minutes)."""
+    import os
+
     from tests.tinyrun import tiny_overrides
 
     config = tmp_path / "c.yaml"
@@ -38,12 +50,19 @@ def test_train_speed_benchmark_runs_on_tiny_settings(tmp_path):
     sets = [x for o in tiny_overrides(tmp_path, "run") for x in ("--set", o)]
     r = subprocess.run([sys.executable, "bench/train_speed.py", "--config", str(config), "--batch-tokens", "256",
                         "--steps", "2", "--warmup", "1", "--rounds", "2", "--threads", "1", *sets],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "MTKIT_NATIVE_BF16": native})
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(result["precisions"]) == {"fp32", "bf16"}
-    assert all(p["tokens_per_s"] > 0 for p in result["precisions"].values())
+    assert set(result["precisions"]) == {"fp32", "bf16"} and result["native_bf16"] is (native == "1")
+    timed = ["fp32", "bf16"] if native == "1" else ["fp32"]
+    assert all(result["precisions"][p]["tokens_per_s"] > 0 for p in timed)
     assert result["mflop_per_target_token"] > 0 and result["matmul_peak_gflops"]["fp32"] > 0
+    if native == "0":
+        assert result["precisions"]["bf16"] == result["matmul_peak_gflops"]["bf16"] == "emulated"
+        assert "bf16          emulated on this CPU: not timed" in r.stdout
+    else:
+        assert result["matmul_peak_gflops"]["bf16"] > 0
 
 
 def test_peer_log_parsers_read_target_tokens_per_second(tmp_path):
