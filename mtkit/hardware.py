@@ -50,7 +50,11 @@ def native_bf16(device: str = "cpu") -> tuple[bool, str]:
         import torch
 
         name = torch.cuda.get_device_name(device)
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no including_emulation: tensor cores with bf16 are Ampere (8.0) on
+            native = torch.cuda.get_device_capability(device) >= (8, 0)
+        if native:
             return True, f"{name} computes bf16 natively"
         return False, f"{name} has no native bf16"
     return _cpu_native_bf16()
@@ -69,11 +73,21 @@ def _cpu_native_bf16() -> tuple[bool, str]:
                 else f"this CPU has no native bf16 ({platform.machine()}, {capability})")
     # oneDNN also says yes on AVX-512 CPUs without BF16 units (Skylake to Ice Lake), where it
     # converts to fp32 and gains nothing: native needs the units themselves.
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else _cpuinfo_flags()
     units = [name for key, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")) if caps.get(key)]
     if onednn and units:
         return True, f"this CPU computes bf16 natively ({' and '.join(units)})"
     return False, f"this CPU has no native bf16 ({capability})"
+
+
+def _cpuinfo_flags() -> dict[str, bool]:
+    """The CPU's flags from /proc/cpuinfo (Linux), for torch versions without get_capabilities."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return dict.fromkeys(flags, True)
 
 
 def resolve_precision(requested: str, device: str, key: str = "train.precision", warn: bool = True) -> tuple[str, str]:

@@ -8,7 +8,6 @@ count; train.py decides what to save.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ class Validator:
         n = cfg.train.valid_max_sentences
         if n is not None and n < len(valid_ds):
             valid_ds = valid_ds.select(range(n))
-        self.tokenizer, self.device = tokenizer, device
+        self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
         self.label_smoothing = cfg.train.label_smoothing
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
@@ -71,8 +70,7 @@ class Validator:
                 loss_sum += float(loss)
                 nll_sum += float(nll)
                 tokens += int((target != PAD_ID).sum())
-        # bf16: a cast copy of the weights (the training model stays fp32), as evaluate's cast of best.pt.
-        decoder = copy.deepcopy(model).to(torch.bfloat16) if self.decode.precision == "bf16" else model
+        decoder = self.bf16_copy(model) if self.decode.precision == "bf16" else model
         hyps = [ts[0].text for ts in translate_lines(decoder, self.tokenizer, self.src_texts, self.decode, self.device)]
         del decoder
         scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
@@ -87,6 +85,18 @@ class Validator:
             "hyps": hyps,
             "seconds": time.monotonic() - t0,
         }
+
+    def bf16_copy(self, model):
+        """The weights in bf16 for decoding, built as `mtkit evaluate` builds them from best.pt (a new
+        model, the state dict loaded, cast); the training model stays fp32 and untouched."""
+        import torch
+
+        from mtkit.model import Transformer
+        from mtkit.tokenizer import PAD_ID
+
+        copy = Transformer(self.model_cfg, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size, pad_id=PAD_ID)
+        copy.load_state_dict(model.state_dict())
+        return copy.to(self.device).eval().to(torch.bfloat16)
 
     def run_and_track(self, model, progress, metrics) -> bool:
         """Validate, log, and update progress.best_bleu / bad_validations; True when BLEU improved."""

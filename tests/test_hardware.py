@@ -108,6 +108,30 @@ def test_cuda_answer_is_the_gpus_own_without_emulation(monkeypatch, native):
     assert resolve_precision("auto", "cuda:0")[0] == ("bf16" if native else "fp32")
 
 
+@pytest.mark.parametrize("capability,native", [((8, 0), True), ((7, 5), False)])
+def test_cuda_answer_on_a_torch_without_including_emulation(monkeypatch, capability, native):
+    """torch < 2.3: is_bf16_supported() takes no argument; bf16 tensor cores start with Ampere (8.0)."""
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # would count emulation as support
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU")
+    assert native_bf16("cuda")[0] is native
+
+
+def test_cpu_check_reads_proc_cpuinfo_on_a_torch_without_get_capabilities(monkeypatch):
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: {"avx2": True, "amx_bf16": True})
+
+    class Ops:
+        class mkldnn:
+            _is_mkldnn_bf16_supported = staticmethod(lambda: True)
+
+    monkeypatch.setattr(torch, "ops", Ops())
+    assert native_bf16("cpu") == (True, "this CPU computes bf16 natively (AMX)")
+
+
 @pytest.mark.parametrize("value", ["0", "1"])
 def test_environment_overrides_the_check(monkeypatch, value):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, value)
