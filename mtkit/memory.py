@@ -44,6 +44,19 @@ def keep_freed_memory() -> bool:
     return applied
 
 
+# oneDNN (bf16 matmuls on the CPU) builds a kernel for every new matmul shape and keeps up to
+# 1,024 of them; token-budget batches come in hundreds of shapes, so in bf16 training the kept
+# kernels and their buffers grew the heap by GBs. A few per layer shape suffice.
+ONEDNN_KERNEL_CACHE = 16
+
+
+@functools.cache
+def bound_kernel_cache() -> None:
+    """Keep oneDNN's cache of per-shape kernels small (unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is
+    set). Must run before the first oneDNN call, which reads the setting once."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_KERNEL_CACHE))
+
+
 def peak_memory_mb(device: str) -> dict[str, int]:
     """This process's peak resident memory (and the GPU's peak allocation on CUDA), in MB."""
     import torch
