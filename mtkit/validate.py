@@ -94,7 +94,9 @@ class Validator:
         from mtkit.model import Transformer
         from mtkit.tokenizer import PAD_ID
 
-        copy = Transformer(self.model_cfg, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size, pad_id=PAD_ID)
+        with torch.random.fork_rng(devices=[]):  # its throw-away initialisation leaves training's random stream alone
+            copy = Transformer(self.model_cfg, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size,
+                               pad_id=PAD_ID)
         copy.load_state_dict(model.state_dict())
         return copy.to(self.device).eval().to(torch.bfloat16)
 

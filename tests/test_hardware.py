@@ -206,3 +206,24 @@ def test_info_reports_versions_and_what_auto_picks(cpu_bf16):
     assert (report["cpu_native_bf16"], report["auto_precision_cpu"]) == (False, "fp32")
     r = CliRunner().invoke(app, ["info"])
     assert r.exit_code == 0 and "cpu_native_bf16:      no" in r.stdout and "gpus:                 none" in r.stdout
+
+
+def test_validations_bf16_copy_is_the_weights_cast_and_leaves_the_random_stream_alone():
+    from mtkit.config import ModelConfig
+    from mtkit.model import Transformer
+    from mtkit.tokenizer import PAD_ID
+    from mtkit.validate import Validator
+
+    class Tok:
+        src_vocab_size = tgt_vocab_size = 20
+
+    v = Validator.__new__(Validator)  # only what bf16_copy reads
+    v.model_cfg = ModelConfig(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1)
+    v.tokenizer, v.device = Tok(), "cpu"
+    model = Transformer(v.model_cfg, 20, 20, pad_id=PAD_ID)
+    before = torch.get_rng_state()
+    copy = v.bf16_copy(model)
+    assert torch.equal(torch.get_rng_state(), before)  # training's dropout masks do not shift
+    assert not copy.training and all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    assert all(torch.equal(a.detach().to(torch.bfloat16), b) for a, b in zip(model.parameters(), copy.parameters()))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
