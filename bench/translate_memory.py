@@ -57,13 +57,14 @@ def main() -> int:
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: train a tiny one)")
     p.add_argument("--source", type=Path, default=None, help="lines to repeat (default: the tiny task's dev set)")
     p.add_argument("--greedy", action="store_true", help="greedy search instead of the checkpoint's beam")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="decode.precision")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="mtkit-bench-") as tmp:
         root = Path(tmp)
         model = args.model or tiny_model(root)
         source = args.source or root / "data" / "dev.src"
         block = source.read_text(encoding="utf-8").splitlines(keepends=True)[:BLOCK]
-        flags = ["--greedy"] if args.greedy else []
+        flags = (["--greedy"] if args.greedy else []) + ["--set", f"decode.precision={args.precision}"]
         rows, ok, first = [], True, None
         for n in args.lines:
             inp, out = root / f"in{n}.txt", root / f"out{n}.txt"
@@ -78,7 +79,7 @@ def main() -> int:
             ok &= correct
             rows.append({"lines": n, "exit_code": code, "seconds": round(seconds, 1),
                          "lines_per_s": round(n / seconds), "peak_rss_mb": rss, "output_correct": correct})
-    print(f"mtkit translate memory: {model if args.model else 'tiny reverse model'}; {'greedy' if args.greedy else 'beam'}")
+    print(f"mtkit translate memory: {model if args.model else 'tiny reverse model'}; {'greedy' if args.greedy else 'beam'}; decode.precision {args.precision}")
     print(f"  {'lines':>8} {'seconds':>8} {'lines/s':>8} {'peak RSS MB':>12} {'output ok':>10}")
     for r in rows:
         print(f"  {r['lines']:>8} {r['seconds']:>8} {r['lines_per_s']:>8} {r['peak_rss_mb']:>12} {r['output_correct']!s:>10}")
