@@ -39,10 +39,9 @@ def main() -> None:
     import torch
 
     from mtkit.evaluate import read_text_lines, score
-    from mtkit.memory import bound_kernel_cache, keep_freed_memory, peak_rss_mb
+    from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.translate import cast_for_decoding, load_model, translate_lines
 
-    bound_kernel_cache()  # as mtkit does
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit translate` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     model, tok, cfg = load_model(args.model, "cpu")

@@ -41,13 +41,6 @@ SMOKE = ["model.d_model=64", "model.heads=4", "model.d_ff=128", "model.encoder_l
          "model.decoder_layers=2", "model.dropout=0.1", "model.tie_embeddings=true"]
 
 
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def synthetic_pairs(n: int, vocab: int, seed: int = 0):
     """n (src, tgt) id lists with lengths like news text: log-normal, median 24, 3..128 tokens."""
     import numpy as np
@@ -67,6 +60,7 @@ def measure_training(cfg, src, tgt, vocab: int, device: str, precision: str, sec
     from mtkit.batching import TokenBatchSampler
     from mtkit.data import make_batch
     from mtkit.distributed import World
+    from mtkit.hardware import sync
     from mtkit.model import Transformer
     from mtkit.tokenizer import PAD_ID
     from mtkit.train import make_optimizer, train_step
@@ -115,6 +109,7 @@ def measure_decoding(model, src, device: str, beam: int, batch: int, precision: 
 
     from mtkit.config import DecodeConfig
     from mtkit.data import make_batch
+    from mtkit.hardware import sync
     from mtkit.search import search
 
     decode = DecodeConfig(beam_size=beam, length_penalty=1.0, max_len_a=1.5, max_len_b=10)

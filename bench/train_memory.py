@@ -42,9 +42,8 @@ def main() -> None:
     p.add_argument("--release-every", type=int, default=0, help="malloc_trim every N updates (0 = never)")
     args = p.parse_args()
 
-    from mtkit.memory import bound_kernel_cache, keep_freed_memory, peak_rss_mb
+    from mtkit.memory import keep_freed_memory, peak_rss_mb
 
-    bound_kernel_cache()  # as `mtkit train`
     malloc = "kept for reuse" if keep_freed_memory() else "system"
     import torch
     from train_speed import training_batches  # this directory (sys.path[0] when run as a script)

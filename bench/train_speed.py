@@ -67,14 +67,13 @@ def main() -> None:
     from mtkit.data import make_batch
     from mtkit.distributed import World
     from mtkit.hardware import cpu_capability, matmul_flops, native_bf16
-    from mtkit.memory import bound_kernel_cache, keep_freed_memory, peak_rss_mb
+    from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.model import Transformer
     from mtkit.runlog import setup_logging
     from mtkit.tokenizer import PAD_ID
     from mtkit.train import make_optimizer, rows, train_step
 
     setup_logging(-1)
-    bound_kernel_cache()  # as mtkit does
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit train` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     cfg, run, train_ds, batches = training_batches(args.config, args.run_dir, args.batch_tokens, args.overrides)

@@ -82,12 +82,16 @@ def _cpu_native_bf16() -> tuple[bool, str]:
 
 def _cpuinfo_flags() -> dict[str, bool]:
     """The CPU's flags from /proc/cpuinfo (Linux), for torch versions without get_capabilities."""
+    return dict.fromkeys(_cpuinfo("flags").split(), True)
+
+
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ("" where there is none, e.g. not on Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field), "")
     except OSError:
-        flags = []
-    return dict.fromkeys(flags, True)
+        return ""
 
 
 def resolve_precision(requested: str, device: str, key: str = "train.precision", warn: bool = True) -> tuple[str, str]:
@@ -122,10 +126,10 @@ def matmul_flops(dtype, seconds: float = 0.1, max_n: int = 2048, device: str = "
         a = torch.randn(n, n, dtype=dtype, device=device)
         b = torch.randn(n, n, dtype=dtype, device=device)
         a @ b  # warm-up: the first call picks kernels
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         one = time.perf_counter() - t0
         if n >= max_n or 8 * one > seconds / 4:  # the next size would take over a quarter of the time
             break
@@ -134,7 +138,7 @@ def matmul_flops(dtype, seconds: float = 0.1, max_n: int = 2048, device: str = "
     while True:
         a @ b
         calls += 1
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             return 2 * n**3 * calls / elapsed, n
@@ -149,7 +153,8 @@ def bf16_slowdown(device: str = "cpu") -> float:
     return fp32 / bf16
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), before reading a clock."""
     if device.startswith("cuda"):
         import torch
 
@@ -197,14 +202,7 @@ def machine_report() -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -27,8 +27,11 @@ def keep_freed_memory() -> bool:
     Measured on the Ding model, bf16, 2 CPU threads: 4,045-4,371 -> 5,403-5,462 target tok/s
     (bench/train_speed.py). The cost is that the resident size stays near its peak instead of
     shrinking between updates. MTKIT_MALLOC=system keeps glibc's defaults. Returns whether the
-    settings were applied (not on other C libraries or systems).
+    settings were applied (not on other C libraries or systems). It also bounds oneDNN's kernel
+    cache (`bound_kernel_cache`, whatever MTKIT_MALLOC says): both must happen before the first
+    tensor work, so every entry point makes this one call.
     """
+    bound_kernel_cache()
     applied = False
     if sys.platform.startswith("linux") and os.environ.get("MTKIT_MALLOC", "") != "system":
         import ctypes

@@ -46,9 +46,8 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     import torch
 
     from mtkit import distributed, runsetup
-    from mtkit.memory import bound_kernel_cache, keep_freed_memory
+    from mtkit.memory import keep_freed_memory
 
-    bound_kernel_cache()
     keep_freed_memory()
     t = cfg.train
     world = distributed.world_from_env()

@@ -61,9 +61,8 @@ def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: l
     from mtkit.config import apply_overrides
     from mtkit.errors import ConfigError
     from mtkit.hardware import resolve_device
-    from mtkit.memory import bound_kernel_cache, keep_freed_memory
+    from mtkit.memory import keep_freed_memory
 
-    bound_kernel_cache()
     keep_freed_memory()
     device = resolve_device(device)
     model, tok, cfg = load_model(model_path, device)
