@@ -3,16 +3,18 @@
 
 Builds the config's model and its real training batches (the run dir's tokenizer and data cache;
 both are made when missing), then times full updates (forward, label-smoothed loss, backward,
-clipping, Adam) with mtkit's own train_step. Precisions alternate in rounds (A B A B ...) so
-machine noise hits all alike; the figure is the median over the timed updates after warm-up. The
-same run measures this CPU's matmul peak (torch.mm, sized and repeated for a quarter of a second
-per dtype), and reports the model's FLOPs per target token and the utilisation of that peak. bf16
-is timed only where the CPU computes it natively: elsewhere it is emulated, many times slower,
-and reported as "emulated" (mtkit/hardware.py decides; MTKIT_NATIVE_BF16=0/1 overrides). Prints the
-settings, a table and one JSON line.
+clipping, Adam) with mtkit's own train_step. Settings alternate in rounds (A B A B ...) so
+machine noise hits all alike, and every setting of a round trains on the same batches; the figure
+is the median over the timed updates after warm-up. The same run measures this CPU's matmul peak
+(torch.mm, sized and repeated for a quarter of a second per dtype), and reports the model's FLOPs
+per target token and the utilisation of that peak. bf16 is timed only where the CPU computes it
+natively: elsewhere it is emulated, many times slower, and reported as "emulated"
+(mtkit/hardware.py decides; MTKIT_NATIVE_BF16=0/1 overrides). Prints the settings, a table and
+one JSON line.
 
 usage: python bench/train_speed.py [--config configs/ding-de-en.yaml] [--batch-tokens 4096]
                                    [--precisions fp32 bf16 (default: bf16 only where native)] [--steps 10] [--rounds 2] [--threads 2]
+                                   [--compile] [--separate-qkv (also time the unfused attention projections)]
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def training_batches(config: Path, run_dir: Path | None, batch_tokens: int, over
     return cfg, run, train_ds, batches
 
 
+def separate_qkv(self, query, key_value, attend_mask=None, is_causal=False):
+    """MultiHeadAttention.forward as it was before Q, K, V were fused: one matmul per role."""
+    q = self.split_heads(self.w_q(query))  # (B, H, Tq, d_k)
+    k = self.split_heads(self.w_k(key_value))  # (B, H, Tk, d_k)
+    v = self.split_heads(self.w_v(key_value))
+    return self.attend(q, k, v, attend_mask, is_causal)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=Path("configs/ding-de-en.yaml"))
@@ -59,6 +69,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time bf16/fp32 through torch.compile")
+    p.add_argument("--separate-qkv", action="store_true",
+                   help="also time each precision with Q, K, V projected by three matmuls (before the fusion)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
     args = p.parse_args()
 
@@ -68,12 +80,13 @@ def main() -> None:
     from mtkit.distributed import World
     from mtkit.hardware import cpu_capability, matmul_flops, native_bf16
     from mtkit.memory import keep_freed_memory, peak_rss_mb
-    from mtkit.model import Transformer
+    from mtkit.model import MultiHeadAttention, Transformer
     from mtkit.runlog import setup_logging
     from mtkit.tokenizer import PAD_ID
     from mtkit.train import make_optimizer, rows, train_step
 
     setup_logging(-1)
+    fused_qkv = MultiHeadAttention.forward
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit train` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     cfg, run, train_ds, batches = training_batches(args.config, args.run_dir, args.batch_tokens, args.overrides)
@@ -84,7 +97,8 @@ def main() -> None:
     if not precisions:
         sys.exit(f"error: nothing to time: bf16 is emulated here ({bf16_why}); add --precisions fp32")
     models = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> (model, forward module, optimizer)
-    settings = precisions + ([f"{p}+compile" for p in precisions] if args.compile else [])
+    settings = (precisions + ([f"{p}+compile" for p in precisions] if args.compile else [])
+                + ([f"{p}+separate-qkv" for p in precisions] if args.separate_qkv else []))
     for setting in settings:
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
@@ -99,11 +113,13 @@ def main() -> None:
     tokens: dict[str, list[int]] = {s: [] for s in settings}
     shapes = []
     for _ in range(args.rounds):
+        # The same batches for every setting of a round: the settings differ only in how they compute.
+        round_batches = [make_batch(*rows(train_ds, next(batches)[1])) for _ in range(args.warmup + args.steps)]
         for setting in settings:
             model, net, optimizer = models[setting]
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting.startswith("bf16") else nullcontext()
-            for i in range(args.warmup + args.steps):
-                batch = make_batch(*rows(train_ds, next(batches)[1]))
+            MultiHeadAttention.forward = separate_qkv if setting.endswith("+separate-qkv") else fused_qkv
+            for i, batch in enumerate(round_batches):
                 n = int((batch["tgt_out"] != PAD_ID).sum())
                 t0 = time.perf_counter()
                 train_step(net, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
@@ -136,12 +152,12 @@ def main() -> None:
     print(f"  CPU {result['cpu_capability']}; bf16: {bf16_why}")
     print("  matmul peak: " + ", ".join(f"{k} {v[0] / 1e9:.0f} GFLOP/s ({v[1]}^3)" for k, v in peaks.items())
           + ("" if bf16_native else ", bf16 emulated (not timed)") + f"; model {flops / 1e6:.1f} MFLOP per target token")
-    print(f"  {'setting':<13} {'tok/s':>8} {'x':>6} {'s/update':>9} {'real tok/batch':>15} {'% fp32 peak':>12}")
+    print(f"  {'setting':<18} {'tok/s':>8} {'x':>6} {'s/update':>9} {'real tok/batch':>15} {'% fp32 peak':>12}")
     for precision, r in result["precisions"].items():
         if r == "emulated":
-            print(f"  {precision:<13} {'emulated on this CPU: not timed':>30}")
+            print(f"  {precision:<18} {'emulated on this CPU: not timed':>30}")
             continue
-        print(f"  {precision:<13} {r['tokens_per_s']:>8} {r['tokens_per_s'] / base:>6.2f} {r['seconds_per_update']:>9}"
+        print(f"  {precision:<18} {r['tokens_per_s']:>8} {r['tokens_per_s'] / base:>6.2f} {r['seconds_per_update']:>9}"
               f" {r['real_target_tokens_per_batch']:>15} {100 * r['utilisation_of_fp32_peak']:>11.0f}%")
     print(json.dumps({"bench": "train_speed", **result}))
 

@@ -97,7 +97,9 @@ class MultiHeadAttention(nn.Module):
 
     The per-head projections W_i^Q, W_i^K, W_i^V (d_model -> d_k each) are packed into one
     d_model -> d_model matrix per role, so all heads are projected by one matmul and no Python
-    loop runs over heads. As in the paper's equations the projections have no bias.
+    loop runs over heads. As in the paper's equations the projections have no bias. In training,
+    self-attention stacks the three matrices to project Q, K and V by one matmul, and
+    encoder-decoder attention K and V (the weights stay three modules, so checkpoints do not change).
     """
 
     def __init__(self, d_model: int, heads: int, attention_dropout: float = 0.0):
@@ -120,10 +122,14 @@ class MultiHeadAttention(nn.Module):
                 is_causal: bool = False) -> Tensor:
         """`query` (B, Tq, D) attends to `key_value` (B, Tk, D) -> (B, Tq, D). `attend_mask`: bool,
         broadcastable to (B, H, Tq, Tk), True = may attend; `is_causal`: query i sees keys 0..i."""
-        q = self.split_heads(self.w_q(query))  # (B, H, Tq, d_k)
-        k = self.split_heads(self.w_k(key_value))  # (B, H, Tk, d_k)
-        v = self.split_heads(self.w_v(key_value))  # (B, H, Tk, d_k)
-        return self.attend(q, k, v, attend_mask, is_causal)
+        if query is key_value:  # self-attention: Q, K and V by one matmul with [W^Q; W^K; W^V] (3D, D)
+            w_qkv = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
+            q, k, v = F.linear(query, w_qkv).chunk(3, dim=-1)  # each (B, L, D)
+        else:  # encoder-decoder attention: K and V of the memory by one matmul with [W^K; W^V] (2D, D)
+            q = self.w_q(query)  # (B, Tq, D)
+            k, v = F.linear(key_value, torch.cat([self.w_k.weight, self.w_v.weight])).chunk(2, dim=-1)  # (B, Tk, D)
+        return self.attend(self.split_heads(q), self.split_heads(k), self.split_heads(v),  # (B, H, T, d_k)
+                           attend_mask, is_causal)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None = None,
                is_causal: bool = False) -> Tensor:

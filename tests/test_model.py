@@ -100,6 +100,25 @@ def test_reference_attention_equals_fast_path(masked):
     assert close(mha(query, key_value, attend_mask), expected)
 
 
+def test_fused_self_attention_projections_equal_one_matmul_per_role():
+    """Self-attention projects Q, K, V with one stacked matmul: the same as W^Q, W^K, W^V apart,
+    forward and backward (each weight gets its own gradient)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=16, heads=2)
+    x = torch.randn(3, 5, 16)
+    q, k, v = (mha.split_heads(w(x)) for w in (mha.w_q, mha.w_k, mha.w_v))
+    out, _ = reference_attention(q, k, v, torch.ones(5, 5, dtype=torch.bool).tril())
+    expected = mha.w_o(out.transpose(1, 2).reshape(3, 5, 16))
+    expected.sum().backward()
+    grads = [p.grad.clone() for p in mha.parameters()]
+    mha.zero_grad()
+    fused = mha(x, x, is_causal=True)
+    fused.sum().backward()
+    assert close(fused, expected)
+    for p, g in zip(mha.parameters(), grads, strict=True):
+        assert close(p.grad, g)
+
+
 def test_reference_attention_causal_mask_equals_is_causal():
     torch.manual_seed(0)
     mha = MultiHeadAttention(d_model=16, heads=2)
