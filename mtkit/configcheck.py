@@ -144,6 +144,7 @@ def cross_field_problems(cfg: Config) -> list[str]:
     for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads"):
         positive(f"train.{key}", getattr(t, key))
     fraction("train.label_smoothing", t.label_smoothing)
+    fraction("train.ema_decay", t.ema_decay)
     fraction("train.cooldown", t.cooldown, top_inclusive=True)
     if t.cooldown > 0 and t.max_steps is None and t.max_epochs is None and t.max_time is None:
         p.append(f"train.cooldown: is a fraction of the budget, but no budget is set (got {t.cooldown});"

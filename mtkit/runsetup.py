@@ -246,7 +246,8 @@ def restore(run: Run, cfg: Config, world, model, optimizer, scaler, sampler) -> 
         seed_everything(cfg.seed + world.rank)  # same initial weights (seeded before), own dropout masks
     if run.resume_state is not None:
         s = run.resume_state
-        model.load_state_dict(s["model"])
+        # With train.ema_decay on, "model" holds the average and "train_weights" what training continues from.
+        model.load_state_dict(s.get("train_weights", s["model"]))
         optimizer.load_state_dict(s["optimizer"])
         if s.get("scaler") and scaler.is_enabled():  # none, or unused, when resumed in another precision
             scaler.load_state_dict(s["scaler"])

@@ -100,6 +100,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")
     progress = restore(run, cfg, world, model, optimizer, scaler, sampler)
+    ema = make_ema(model, t.ema_decay, run.resume_state)  # None when off
+    served = ema.model if ema is not None else model  # what validation scores and checkpoints hold as "model"
     net = training_forward(model, world, device, t.compile)  # the model, wrapped for DDP and/or compiled
     log.info("model: %s parameters, device %s, precision %s, %d threads%s",
              f"{model.num_parameters():,}", device, precision, torch.get_num_threads(),
@@ -119,7 +121,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
         rngs = distributed.gather(world, rng_state())  # every rank's, for an exact resume
         if world.is_main:
             saver.save(path_kind, progress.step, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": served.state_dict(), **({"train_weights": model.state_dict()} if ema else {}),
+                "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "data": sampler.state_dict(), "progress": vars(progress).copy(), "rng": rngs[0],
                 **({"rng_ranks": rngs} if world.distributed else {}),
@@ -190,6 +193,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 continue
             bad_steps = 0
             progress.step += 1
+            if ema is not None:
+                ema.update(progress.step)
             progress.tokens_seen += n_tokens
             window["loss"] += loss_sum
             window["nll"] += nll_sum
@@ -202,12 +207,12 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
             if progress.step % t.log_every == 0 and world.is_main:
                 log_train(metrics, progress, window, lr, started, sampler)
             if progress.step % t.eval_every == 0:
-                improved = validator is not None and validator.run_and_track(model, progress, metrics)
+                improved = validator is not None and validator.run_and_track(served, progress, metrics)
                 save("best" if improved else "last")
                 model.train()
     # Save the final state unless nothing was trained in this call or the last update just saved.
     if progress.step != saved_step:
-        improved = validator is not None and validator.run_and_track(model, progress, metrics)
+        improved = validator is not None and validator.run_and_track(served, progress, metrics)
         save("best" if improved else "last")
     elapsed = time.monotonic() - started
     memory = peak_memory_mb(device)
@@ -239,6 +244,19 @@ def epoch_sampler(cfg: Config, train_ds, world):
     sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
                                 num_shards=world.size, shard=world.rank)
     return index, sampler
+
+
+def make_ema(model, decay: float, resume_state: dict | None):
+    """The weights' moving average (ema.py) when train.ema_decay > 0: resumed from a checkpoint
+    that kept one, else started from the current weights."""
+    from mtkit.ema import EMA
+
+    if decay <= 0:
+        return None
+    ema = EMA(model, decay)
+    if resume_state is not None and "train_weights" in resume_state:
+        ema.load_state_dict(resume_state["model"])  # saved with an average: "model" is the average
+    return ema
 
 
 def training_forward(model, world, device: str, compile_model: bool):
