@@ -1,6 +1,7 @@
 """Translation never loses, adds or reorders a line; validation BLEU equals evaluate's BLEU."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -154,6 +155,43 @@ def test_decode_speed_benchmark_runs(trained):
     by_sents = json.loads(r.stdout.strip().splitlines()[-1])
     assert by_sents["batching"] == "3 sentences"
     assert [row["bleu"] for row in by_sents["results"]] == [row["bleu"] for row in figures["results"]]
+
+
+def test_length_diagnosis_benchmark_runs_and_scores_what_search_scores(trained):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, model, tok, cfg = trained
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    r = subprocess.run([sys.executable, str(bench / "length_diagnosis.py"), str(root / "run"), "--src",
+                        str(root / "data/test.src"), "--ref", str(root / "data/test.tgt"), "--alphas", "0", "1",
+                        "--beam", "2", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert list(report["search"]) == ["greedy", "beam2 alpha 0", "beam2 alpha 1"]
+    assert all(row["ratio"] >= 0 and 0 <= row["bp"] <= 1 for row in report["search"].values())
+    assert 0 <= report["short_preferred_by_model"] <= 1 and 0 <= report["premature_eos_top_share"] <= 1
+    assert 0 < report["mean_p_eos_at_end"] <= 1
+    # Its batched, padded teacher-forced scores equal each sentence scored alone, and EOS shares are exact.
+    sys.path.insert(0, str(bench))
+    import torch
+    from length_diagnosis import reference_scores
+
+    from mtkit.tokenizer import BOS_ID, EOS_ID
+
+    src_ids = tok.encode_src((root / "data/test.src").read_text().splitlines())
+    ref_ids = tok.encode_tgt((root / "data/test.tgt").read_text().splitlines())
+    scores, eos = reference_scores(model, src_ids, ref_ids, batch=7)
+    alone, top, n = [], 0, 0
+    with torch.inference_mode():
+        for s, t in zip(src_ids, ref_ids, strict=True):
+            logp = model(torch.tensor([s + [EOS_ID]]), torch.tensor([[BOS_ID] + t]))[0].log_softmax(-1)  # (T, V)
+            alone.append(float(logp[torch.arange(len(t) + 1), torch.tensor(t + [EOS_ID])].sum()))
+            top += int((logp[:-1].argmax(-1) == EOS_ID).sum())
+            n += len(t)
+    assert scores == pytest.approx(alone, abs=1e-4)
+    assert eos["premature_eos_top_share"] == pytest.approx(top / n)
 
 
 def test_bf16_decoding_through_the_cli(trained, tmp_path):
