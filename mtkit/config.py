@@ -85,6 +85,7 @@ class TrainConfig:
     adam_eps: float = 1e-9  # Adam epsilon (paper section 5.3)
     weight_decay: float = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam as in the paper
     clip_norm: float = 1.0  # clip the gradient's global norm to this; 0 = off
+    dropout_after_epochs: int = 0  # passes over the data trained without dropout before model.dropout applies
     ema_decay: float = 0.0  # exponential moving average of the weights, validated and saved (ema.py); 0 = off
     max_steps: Optional[int] = 100_000  # stop after this many updates
     max_epochs: Optional[int] = None  # stop after this many passes over the training data

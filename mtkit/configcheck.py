@@ -139,7 +139,8 @@ def cross_field_problems(cfg: Config) -> list[str]:
                  " set one of them to the other's value")
     for key in ("batch_tokens", "accum_steps", "lr", "adam_eps", "eval_every", "log_every"):
         positive(f"train.{key}", getattr(t, key))
-    for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps"):
+    for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps",
+                "dropout_after_epochs"):
         positive(f"train.{key}", getattr(t, key), allow_zero=True)
     for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads"):
         positive(f"train.{key}", getattr(t, key))

@@ -362,6 +362,15 @@ class Transformer(nn.Module):
         cache.length = t + 1
         return self.output(self.decoder_norm(y[:, 0]))  # (B, V)
 
+    def set_dropout(self, on: bool) -> None:
+        """Switch dropout (model.dropout and attention_dropout) on or off for training, for
+        train.dropout_after_epochs; eval mode turns it off regardless."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = self.cfg.dropout if on else 0.0  # p = 0 draws no random mask at all
+            elif isinstance(module, MultiHeadAttention):
+                module.attention_dropout = self.cfg.attention_dropout if on else 0.0
+
     def num_parameters(self) -> int:
         """Trainable parameters, a tied matrix counted once."""
         return sum(p.numel() for p in self.parameters())

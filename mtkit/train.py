@@ -142,6 +142,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     bar = progress_bar(t.max_steps, progress.step, "step") if world.is_main else None  # terminals only
     batches = iter(sampler)
     pad_to = 8 if device.startswith("cuda") else 1  # tensor-core friendly shapes on GPU
+    dropout_on = True  # the model as built; switched off below while epoch < train.dropout_after_epochs
     model.train()
     with stop.installed():
         while True:
@@ -160,8 +161,14 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 break
             # One update = accum_steps batches per process; the loss is normalised by the target
             # tokens of all of them on all processes.
-            group = [make_batch(*rows(train_ds, index[next(batches)[1]]), pad_to=pad_to)
-                     for _ in range(t.accum_steps)]
+            drawn = [next(batches) for _ in range(t.accum_steps)]  # (epoch, batch indices)
+            # NOTE (differs from paper): late dropout, off for the first train.dropout_after_epochs passes.
+            if dropout_on != (drawn[0][0] >= t.dropout_after_epochs):
+                dropout_on = not dropout_on
+                model.set_dropout(dropout_on)
+                if cfg.model.dropout or cfg.model.attention_dropout:
+                    log.info("dropout %s from epoch %d", "on" if dropout_on else "off", drawn[0][0] + 1)
+            group = [make_batch(*rows(train_ds, index[ids]), pad_to=pad_to) for _, ids in drawn]
             local_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
             (n_tokens,) = distributed.agree(world, [local_tokens], "sum")
             lr = inverse_sqrt_lr(progress.step + 1, t.lr, t.warmup_steps)

@@ -320,3 +320,26 @@ def test_mixed_precision_trains_on_cpu(tmp_path, precision):
     state = load_checkpoint(tmp_path / "run/last.pt")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state["model"].values())
     assert (state["scaler"] is not None) == (precision == "fp16")
+
+
+def test_late_dropout_trains_the_first_epochs_without_dropout(tmp_path):
+    """train.dropout_after_epochs: 1 trains epoch 1 exactly as dropout 0 does (no random masks
+    drawn), and uses model.dropout from epoch 2 on; resuming inside epoch 2 keeps it on."""
+    late = ["model.dropout=0.3", "train.dropout_after_epochs=1", "train.max_steps=null"]
+    train(tiny_config(tmp_path, "late1", [*late, "train.max_epochs=1"]))
+    train(tiny_config(tmp_path, "plain1", ["model.dropout=0", "train.max_steps=null", "train.max_epochs=1"]))
+    a, b = checkpoint_weights(tmp_path / "late1/last.pt"), checkpoint_weights(tmp_path / "plain1/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (tmp_path / "late1/train.log").read_text()
+    assert "dropout off from epoch 1" in log and "dropout on" not in log
+
+    train(tiny_config(tmp_path, "late2", [*late, "train.max_epochs=2"]))
+    train(tiny_config(tmp_path, "plain2", ["model.dropout=0", "train.max_steps=null", "train.max_epochs=2"]))
+    a, b = checkpoint_weights(tmp_path / "late2/last.pt"), checkpoint_weights(tmp_path / "plain2/last.pt")
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # epoch 2 had dropout
+    assert "dropout on from epoch 2" in (tmp_path / "late2/train.log").read_text()
+    steps = load_checkpoint(tmp_path / "late2/last.pt")["step"]
+    train(tiny_config(tmp_path, "late2r", [*late, "train.max_epochs=2", f"train.max_steps={steps - 2}"]))
+    train(tiny_config(tmp_path, "late2r", [*late, "train.max_epochs=2"]))  # resumes in epoch 2
+    c = checkpoint_weights(tmp_path / "late2r/last.pt")
+    assert all(torch.equal(a[k], c[k]) for k in a)
