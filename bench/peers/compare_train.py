@@ -12,7 +12,7 @@ training CLI. The figure is each toolkit's own log of non-padding target tokens 
 second of wall time of each report interval, data loading included (mtkit: metrics.jsonl
 `tokens_per_s`; OpenNMT-py: the target half of "X/Y tok/s"; JoeyNMT: "Tokens per Sec"), the median
 over the intervals after the first `--skip` of every round. The same run measures this CPU's
-fp32 matmul peak with a 2048^3 torch.mm and reports the utilisation of that peak at the model's
+fp32 matmul peak (torch.mm sized for a quarter of a second, as train_speed.py) and reports the utilisation of that peak at the model's
 FLOPs per target token (mtkit's Transformer.flops_per_target_token at the data's mean lengths:
 the same model, so the same FLOPs, for all three), and each run's peak RSS (the largest over the
 rounds). Prints settings, a table and one JSON line.
@@ -32,7 +32,6 @@ from pathlib import Path
 
 import common
 
-sys.path.insert(0, str(common.ROOT / "bench"))  # for train_speed.matmul_peak
 
 ROOT = common.ROOT
 RUNS = common.PEERS / "runs" / "speed"
@@ -41,12 +40,13 @@ MTKIT_SET = ["model.dropout=0.1", "data.upsample_factor=1", "train.batch_tokens=
 
 
 def matmul_peak_gflops(threads: int) -> float:
-    """This CPU's fp32 matmul peak, measured as bench/train_speed.py measures it."""
+    """This CPU's fp32 matmul peak, measured as bench/train_speed.py measures it (mtkit.hardware)."""
     import torch
-    from train_speed import matmul_peak
+
+    from mtkit.hardware import matmul_flops
 
     torch.set_num_threads(threads)
-    return matmul_peak(torch.float32) / 1e9
+    return matmul_flops(torch.float32, 0.25)[0] / 1e9
 
 
 def mflop_per_token(spm: Path, data: Path) -> tuple[float, float, float]:
