@@ -8,7 +8,7 @@ NOTE (differs from paper): the paper averages the last 5 (base) or 20 (big) chec
 The ramp (decay_t, as in TensorFlow's ExponentialMovingAverage with num_updates) keeps the first
 updates from being dominated by the random initial weights. train.ema_decay: 0 (the default)
 keeps the paper's recipe. With it on, checkpoints hold the averaged weights under "model" (what
-translate, evaluate, average and export read) and the training weights under "train_weights"
+translate, evaluate and average read) and the training weights under "train_weights"
 (what a resumed run continues from).
 """
 

@@ -97,9 +97,10 @@ class MultiHeadAttention(nn.Module):
 
     The per-head projections W_i^Q, W_i^K, W_i^V (d_model -> d_k each) are packed into one
     d_model -> d_model matrix per role, so all heads are projected by one matmul and no Python
-    loop runs over heads. As in the paper's equations the projections have no bias. In training,
-    self-attention stacks the three matrices to project Q, K and V by one matmul, and
-    encoder-decoder attention K and V (the weights stay three modules, so checkpoints do not change).
+    loop runs over heads. As in the paper's equations the projections have no bias. `forward`
+    stacks the matrices so that self-attention projects Q, K and V by one matmul and
+    encoder-decoder attention K and V by one (the weights stay three modules, so checkpoints do
+    not change).
     """
 
     def __init__(self, d_model: int, heads: int, attention_dropout: float = 0.0):

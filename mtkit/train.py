@@ -121,7 +121,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
         rngs = distributed.gather(world, rng_state())  # every rank's, for an exact resume
         if world.is_main:
             saver.save(path_kind, progress.step, {
-                "model": served.state_dict(), **({"train_weights": model.state_dict()} if ema else {}),
+                "model": served.state_dict(), **({"train_weights": model.state_dict()} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "data": sampler.state_dict(), "progress": vars(progress).copy(), "rng": rngs[0],
