@@ -1,7 +1,6 @@
 """Translation never loses, adds or reorders a line; validation BLEU equals evaluate's BLEU."""
 
 import json
-from dataclasses import replace
 
 import pytest
 

@@ -12,9 +12,10 @@ training CLI. The figure is each toolkit's own log of non-padding target tokens 
 second of wall time of each report interval, data loading included (mtkit: metrics.jsonl
 `tokens_per_s`; OpenNMT-py: the target half of "X/Y tok/s"; JoeyNMT: "Tokens per Sec"), the median
 over the intervals after the first `--skip` of every round. The same run measures this CPU's
-fp32 matmul peak (torch.mm sized for a quarter of a second, as train_speed.py) and reports the utilisation of that peak at the model's
-FLOPs per target token (mtkit's Transformer.flops_per_target_token at the data's mean lengths:
-the same model, so the same FLOPs, for all three), and each run's peak RSS (the largest over the
+fp32 matmul peak (torch.mm sized for a quarter of a second, as train_speed.py) and reports the
+utilisation of that peak at the model's FLOPs per target token (mtkit's
+Transformer.flops_per_target_token at the data's mean lengths: the same model, so the same FLOPs,
+for all three), and each run's peak RSS (the largest over the
 rounds). Prints settings, a table and one JSON line.
 
 mtkit runs `mtkit train configs/ding-de-en.yaml` with the shape and batch above set by --set (the
@@ -31,7 +32,6 @@ import sys
 from pathlib import Path
 
 import common
-
 
 ROOT = common.ROOT
 RUNS = common.PEERS / "runs" / "speed"
