@@ -15,6 +15,7 @@ one JSON line.
 usage: python bench/train_speed.py [--config configs/ding-de-en.yaml] [--batch-tokens 4096]
                                    [--precisions fp32 bf16 (default: bf16 only where native)] [--steps 10] [--rounds 2] [--threads 2]
                                    [--compile] [--separate-qkv (also time the unfused attention projections)]
+                                   [--pad-to 8 (also time each precision with both lengths padded to a multiple of 8)]
 """
 
 from __future__ import annotations
@@ -71,16 +72,20 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time bf16/fp32 through torch.compile")
     p.add_argument("--separate-qkv", action="store_true",
                    help="also time each precision with Q, K, V projected by three matmuls (before the fusion)")
+    p.add_argument("--pad-to", type=int, default=None,
+                   help="also time each precision on the same pairs, both lengths padded to a multiple of this"
+                        " (train.pad_to_multiple; a batch may then exceed the budget a little)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
     args = p.parse_args()
 
     import torch
 
+    from mtkit.attention import MultiHeadAttention
     from mtkit.data import make_batch
     from mtkit.distributed import World
     from mtkit.hardware import cpu_capability, matmul_flops, native_bf16
     from mtkit.memory import keep_freed_memory, peak_rss_mb
-    from mtkit.model import MultiHeadAttention, Transformer
+    from mtkit.model import Transformer
     from mtkit.runlog import setup_logging
     from mtkit.tokenizer import PAD_ID
     from mtkit.train import make_optimizer, rows, train_step
@@ -98,7 +103,8 @@ def main() -> None:
         sys.exit(f"error: nothing to time: bf16 is emulated here ({bf16_why}); add --precisions fp32")
     models = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> (model, forward module, optimizer)
     settings = (precisions + ([f"{p}+compile" for p in precisions] if args.compile else [])
-                + ([f"{p}+separate-qkv" for p in precisions] if args.separate_qkv else []))
+                + ([f"{p}+separate-qkv" for p in precisions] if args.separate_qkv else [])
+                + ([f"{p}+pad{args.pad_to}" for p in precisions] if args.pad_to else []))
     for setting in settings:
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
@@ -113,9 +119,12 @@ def main() -> None:
     tokens: dict[str, list[int]] = {s: [] for s in settings}
     shapes = []
     for _ in range(args.rounds):
-        # The same batches for every setting of a round: the settings differ only in how they compute.
-        round_batches = [make_batch(*rows(train_ds, next(batches)[1])) for _ in range(args.warmup + args.steps)]
+        # The same pairs for every setting of a round: the settings differ only in how they compute
+        # (and, with +padN, in how far the batch tensors are padded).
+        round_rows = [rows(train_ds, next(batches)[1]) for _ in range(args.warmup + args.steps)]
         for setting in settings:
+            pad_to = args.pad_to if "+pad" in setting else 1
+            round_batches = [make_batch(*r, pad_to=pad_to) for r in round_rows]
             model, net, optimizer = models[setting]
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting.startswith("bf16") else nullcontext()
             MultiHeadAttention.forward = separate_qkv if setting.endswith("+separate-qkv") else fused_qkv
@@ -126,7 +135,8 @@ def main() -> None:
                 if i >= args.warmup:
                     per_step[setting].append(time.perf_counter() - t0)
                     tokens[setting].append(n)
-                    shapes.append((batch["src"].shape[1], batch["tgt_in"].shape[1]))
+                    if pad_to == 1:
+                        shapes.append((batch["src"].shape[1], batch["tgt_in"].shape[1]))
     src_len = statistics.mean(s for s, _ in shapes)
     tgt_len = statistics.mean(t for _, t in shapes)
     flops = models[settings[0]][0].flops_per_target_token(round(src_len), round(tgt_len))

@@ -22,12 +22,15 @@ class TokenBatchSampler:
     """Batches of pair indices whose padded size stays within a token budget.
 
     A batch of B pairs costs `B * max(max_src_len + 1, max_tgt_len + 1)` tokens (the +1 is the
-    EOS/BOS that make_batch adds), which must be <= `batch_tokens`; a single pair over budget is
-    put alone in its batch. Pairs are sorted by length (longer side, then source, then target;
+    EOS/BOS that make_batch adds), rounded up to a multiple of `pad_to` as make_batch pads them,
+    which must be <= `batch_tokens`; a single pair over budget is put alone in its batch. Pairs are sorted by length (longer side, then source, then target;
     ties broken randomly from seed and epoch) and cut greedily, so pairs of similar length share
     a batch and padding stays low; then the batch order is shuffled from (seed, epoch). With
     `shuffle=False` the order is fixed: sorted by length, ties in index order (for validation
     and translation).
+
+    An epoch covers every pair once, or the pairs `epoch_rows` lists for it (repeats allowed: how
+    data.upsample_* gives some pairs more weight), and then hands out those pair indices.
 
     Sharding (one shard per training process): shard k gets batches k, k+N, k+2N, ... of the
     epoch's shuffled list, truncated to a multiple of N so every process does the same number of
@@ -41,6 +44,9 @@ class TokenBatchSampler:
         shuffle: False keeps a fixed order.
         num_shards: number of training processes N.
         shard: this process's rank k in [0, N).
+        pad_to: make_batch's rounding of both sequence lengths (1 = none).
+        epoch_rows: the pair indices of each epoch: epoch e takes epoch_rows[min(e, len - 1)];
+            None = every pair once in every epoch.
 
     Raises:
         DataError: if there are no pairs, or fewer batches than shards.
@@ -55,6 +61,8 @@ class TokenBatchSampler:
         shuffle: bool = True,
         num_shards: int = 1,
         shard: int = 0,
+        pad_to: int = 1,
+        epoch_rows: Sequence[np.ndarray] | None = None,
     ) -> None:
         src = np.asarray(src_lens, dtype=np.int64)
         tgt = np.asarray(tgt_lens, dtype=np.int64)
@@ -62,6 +70,8 @@ class TokenBatchSampler:
             raise ValueError(f"src_lens and tgt_lens must be 1-d and equally long (got {src.shape}, {tgt.shape})")
         if batch_tokens <= 0:
             raise ValueError(f"batch_tokens must be > 0 (got {batch_tokens})")
+        if pad_to <= 0:
+            raise ValueError(f"pad_to must be > 0 (got {pad_to})")
         if not 0 <= shard < num_shards:
             raise ValueError(f"shard must be in [0, {num_shards}) (got {shard})")
         if len(src) == 0:
@@ -72,41 +82,53 @@ class TokenBatchSampler:
         self.num_shards = int(num_shards)
         self.shard = int(shard)
         self._src, self._tgt = src, tgt
-        # Cost of one pair in a batch: its longer side plus EOS/BOS.
-        self._cost = np.maximum(src, tgt) + 1
+        # Cost of one pair in a batch: its longer side plus EOS/BOS, as padded.
+        self._cost = -(-(np.maximum(src, tgt) + 1) // pad_to) * pad_to
         oversize = int((self._cost > self.batch_tokens).sum())
         if oversize:
             log.warning(
                 "batching: %d pair(s) are longer than batch_tokens=%d on their own; each goes alone in a batch",
                 oversize, self.batch_tokens,
             )
+        self._rows = [None] if epoch_rows is None else [np.asarray(r, dtype=np.int64) for r in epoch_rows]
         # The batch sizes depend only on the sorted costs, not on how ties are broken, so they are
-        # the same in every epoch: cut once, reuse the boundaries.
-        self._bounds = _greedy_cuts(np.sort(self._cost), self.batch_tokens)
-        self._num_batches = len(self._bounds) - 1
-        if self._num_batches < self.num_shards:
+        # the same in every epoch with the same rows: cut once per row set, reuse the boundaries.
+        self._bounds = [_greedy_cuts(np.sort(self._cost if r is None else self._cost[r]), self.batch_tokens)
+                        for r in self._rows]
+        fewest = min(len(b) - 1 for b in self._bounds)
+        if fewest < self.num_shards:
             raise DataError(
-                f"only {self._num_batches} batch(es) per epoch for {self.num_shards} processes;"
+                f"only {fewest} batch(es) per epoch for {self.num_shards} processes;"
                 " lower train.batch_tokens or use fewer processes"
             )
         self.epoch = 0
         self.position = 0
 
     def __len__(self) -> int:
-        """Batches per epoch for this shard."""
-        return self._num_batches // self.num_shards
+        """Batches of the current epoch for this shard."""
+        return self.batches_in(self.epoch)
+
+    def batches_in(self, epoch: int) -> int:
+        """Batches of `epoch` for this shard."""
+        return (len(self._bounds[min(epoch, len(self._rows) - 1)]) - 1) // self.num_shards
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """This shard's batches (arrays of pair indices) for `epoch`, deterministic in (seed, epoch)."""
+        which = min(epoch, len(self._rows) - 1)
+        rows = self._rows[which]
+        cost, src, tgt = ((self._cost, self._src, self._tgt) if rows is None
+                          else (self._cost[rows], self._src[rows], self._tgt[rows]))
         # Sort by cost, then by source and target length so both sides of a batch need little
         # padding (cost alone leaves the shorter side ragged: 0.88 vs 0.98 non-pad on Ding), then
         # randomly (or by index without shuffle) among pairs of identical lengths.
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
-            order = np.lexsort((rng.random(len(self._cost)), self._tgt, self._src, self._cost))
+            order = np.lexsort((rng.random(len(cost)), tgt, src, cost))
         else:
-            order = np.lexsort((self._tgt, self._src, self._cost))  # lexsort is stable: index ties
-        batches = np.split(order, self._bounds[1:-1])
+            order = np.lexsort((tgt, src, cost))  # lexsort is stable: index ties
+        if rows is not None:
+            order = rows[order]
+        batches = np.split(order, self._bounds[which][1:-1])
         if self.shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]
@@ -141,11 +163,11 @@ class TokenBatchSampler:
         if shards != self.num_shards:  # another process count: continue at the same share of the epoch
             position = position * shards // self.num_shards
             log.warning("batching: saved with %d shard(s), now %d; continuing at batch %d of %d of this epoch",
-                        shards, self.num_shards, position, len(self))
-        if position > len(self):
+                        shards, self.num_shards, position, self.batches_in(epoch))
+        if position > self.batches_in(epoch):
             log.warning(
                 "batching: saved position %d is past the %d batches of an epoch (was the data changed?);"
-                " starting the next epoch", position, len(self),
+                " starting the next epoch", position, self.batches_in(epoch),
             )
         self.epoch, self.position = int(epoch), int(position)
 

@@ -49,6 +49,7 @@ class DataConfig:
     upsample_min_len: Optional[int] = None  # training pairs with a source this long (tokens) or longer ...
     upsample_pattern: Optional[str] = None  # ... or whose source matches this regex (Python re.search) ...
     upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see README "Data sources")
+    upsample_schedule: Optional[tuple[int, ...]] = None  # a factor per epoch instead, the last for all later ones
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +77,7 @@ class ModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     batch_tokens: int = 4096  # padded tokens of the longer side per batch (per process)
+    pad_to_multiple: Optional[int] = None  # round batch lengths up to a multiple of this; null = 8 on GPU, 1 on CPU
     accum_steps: int = 1  # batches whose gradients are summed per update
     lr: float = 0.0007  # peak learning rate, reached at the end of warmup
     warmup_steps: int = 4000  # linear warmup updates, then lr * sqrt(warmup / step); 0 = lr / sqrt(step)

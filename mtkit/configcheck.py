@@ -59,6 +59,12 @@ def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bo
             problems.append(f"{path}: expected one of {', '.join(map(str, choices))} (got {show(value)})")
             return False, None
         return True, value
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):  # tuple[int, ...]: a list of any length >= 1
+        if not isinstance(value, (list, tuple)) or not value:
+            problems.append(f"{path}: expected a list of one or more numbers (got {show(value)})")
+            return False, None
+        items = [check_value(typing.get_args(tp)[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -115,9 +121,15 @@ def cross_field_problems(cfg: Config) -> list[str]:
     positive("data.num_proc", d.num_proc)
     positive("data.upsample_min_len", d.upsample_min_len)
     positive("data.upsample_factor", d.upsample_factor)
-    if d.upsample_factor > 1 and d.upsample_min_len is None and d.upsample_pattern is None:
-        p.append(f"data.upsample_factor: {d.upsample_factor} needs data.upsample_min_len or"
-                 " data.upsample_pattern (which pairs to repeat)")
+    for i, factor in enumerate(d.upsample_schedule or ()):
+        positive(f"data.upsample_schedule[{i}]", factor)
+    if d.upsample_schedule is not None and d.upsample_factor != 1:
+        p.append(f"data.upsample_schedule: give it or data.upsample_factor (now {d.upsample_factor}), not both")
+    for key, factor in (("upsample_factor", d.upsample_factor), ("upsample_schedule", max(d.upsample_schedule or [1]))):
+        if factor > 1 and d.upsample_min_len is None and d.upsample_pattern is None:
+            given = getattr(d, key)
+            p.append(f"data.{key}: {list(given) if isinstance(given, tuple) else given} needs data.upsample_min_len or"
+                     " data.upsample_pattern (which pairs to repeat)")
     if d.upsample_pattern is not None:
         try:
             re.compile(d.upsample_pattern)
@@ -142,7 +154,7 @@ def cross_field_problems(cfg: Config) -> list[str]:
     for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps",
                 "dropout_after_epochs"):
         positive(f"train.{key}", getattr(t, key), allow_zero=True)
-    for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads"):
+    for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads", "pad_to_multiple"):
         positive(f"train.{key}", getattr(t, key))
     fraction("train.label_smoothing", t.label_smoothing)
     fraction("train.ema_decay", t.ema_decay)

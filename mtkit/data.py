@@ -176,13 +176,25 @@ def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int,
     return np.concatenate([everything] + [rows] * (factor - 1))
 
 
-def upsampling_line(data: DataConfig, pairs: int, rows: int, unit: str = "tokens") -> str:
-    """One line on what upsample_index did: `pairs` pairs in, `rows` rows per epoch out."""
+def upsample_epochs(src_lens: np.ndarray, data: DataConfig, sources: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The rows of each epoch (upsample_index) for data.upsample_factor, or one per factor of
+    data.upsample_schedule (epoch e takes the e-th, the last for all later epochs)."""
+    factors = data.upsample_schedule or (data.upsample_factor,)
+    return [upsample_index(src_lens, data.upsample_min_len, f, sources, data.upsample_pattern) for f in factors]
+
+
+def upsampling_line(data: DataConfig, pairs: int, rows: Sequence[int], unit: str = "tokens") -> str:
+    """One line on what upsample_epochs did: `pairs` pairs in, `rows` rows per epoch out."""
     why = ([f">= {data.upsample_min_len} source {unit}"] if data.upsample_min_len is not None else []) + (
         [f"a source matching {data.upsample_pattern!r}"] if data.upsample_pattern is not None else [])
-    picked = (rows - pairs) // (data.upsample_factor - 1)
-    return (f"upsampling: {picked:,} of {pairs:,} pairs ({' or '.join(why)}) count {data.upsample_factor}"
-            f" times: {rows:,} rows per epoch")
+    factors = data.upsample_schedule or (data.upsample_factor,)
+    picked = max(((r - pairs) // (f - 1) for f, r in zip(factors, rows) if f > 1), default=0)
+    if len(factors) == 1:
+        return (f"upsampling: {picked:,} of {pairs:,} pairs ({' or '.join(why)}) count {factors[0]}"
+                f" times: {rows[0]:,} rows per epoch")
+    epochs = [str(e + 1) for e in range(len(factors) - 1)] + [f"{len(factors)}+"]
+    return (f"upsampling: {picked:,} of {pairs:,} pairs ({' or '.join(why)}) count {' / '.join(map(str, factors))}"
+            f" times in epochs {' / '.join(epochs)}: {' / '.join(f'{r:,}' for r in rows)} rows per epoch")
 
 
 def _table_rows(ds: datasets.Dataset) -> np.ndarray | None:
@@ -272,11 +284,11 @@ def check_report(cfg: Config, tokenizer: Tokenizer | None) -> str:
         if name == "train":
             report, keep = _drop_counts(src, tgt, data.max_len, data.max_len_ratio)
             out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
-            if data.upsample_factor > 1:  # what training's upsample_index will pick among the kept pairs
+            if max(data.upsample_schedule or [data.upsample_factor]) > 1:  # what training will pick among the kept pairs
                 texts = (None if data.upsample_pattern is None
                          else [s for s, k in zip(source_texts(ds), keep, strict=True) if k])
-                rows = upsample_index(src[keep], data.upsample_min_len, data.upsample_factor, texts, data.upsample_pattern)
-                out.append("  " + upsampling_line(data, report.kept, len(rows), unit))
+                rows = upsample_epochs(src[keep], data, texts)
+                out.append("  " + upsampling_line(data, report.kept, [len(r) for r in rows], unit))
         for side, lens in (("src", src), ("tgt", tgt)):
             p50, p90, p99 = (int(v) for v in np.percentile(lens, [50, 90, 99], method="higher"))
             out.append(f"  {side} length: p50 {p50}  p90 {p90}  p99 {p99}  max {int(lens.max())}")

@@ -90,7 +90,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     t = cfg.train
     seed_everything(cfg.seed)
     train_ds, valid_ds = data
-    index, sampler = epoch_sampler(cfg, train_ds, world)
+    sampler = epoch_sampler(cfg, train_ds, world, device)
 
     # auto -> bf16 where the device multiplies it natively, fp32 elsewhere (hardware.py says why).
     precision, why = resolve_precision(t.precision, device, warn=world.is_main)
@@ -141,7 +141,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     bad_steps = 0
     bar = progress_bar(t.max_steps, progress.step, "step") if world.is_main else None  # terminals only
     batches = iter(sampler)
-    pad_to = 8 if device.startswith("cuda") else 1  # tensor-core friendly shapes on GPU
+    pad_to = pad_multiple(cfg, device)
     dropout_on = True  # the model as built; switched off below while epoch < train.dropout_after_epochs
     model.train()
     with stop.installed():
@@ -168,7 +168,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 model.set_dropout(dropout_on)
                 if cfg.model.dropout or cfg.model.attention_dropout:
                     log.info("dropout %s from epoch %d", "on" if dropout_on else "off", drawn[0][0] + 1)
-            group = [make_batch(*rows(train_ds, index[ids]), pad_to=pad_to) for _, ids in drawn]
+            group = [make_batch(*rows(train_ds, ids), pad_to=pad_to) for _, ids in drawn]
             local_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
             (n_tokens,) = distributed.agree(world, [local_tokens], "sum")
             lr = inverse_sqrt_lr(progress.step + 1, t.lr, t.warmup_steps)
@@ -231,26 +231,33 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
 
 
-def epoch_sampler(cfg: Config, train_ds, world):
-    """(row index of one epoch, with upsampled pairs repeated; this process's batch sampler over it)."""
+def epoch_sampler(cfg: Config, train_ds, world, device: str):
+    """This process's batch sampler over the training pairs, upsampled pairs repeated (data.upsample_*)."""
     from mtkit.batching import TokenBatchSampler
-    from mtkit.data import source_texts, token_lengths, upsample_index, upsampling_line
+    from mtkit.data import source_texts, token_lengths, upsample_epochs, upsampling_line
 
     t = cfg.train
     src_lens, tgt_lens = token_lengths(train_ds)
     d = cfg.data
-    sources = source_texts(train_ds) if d.upsample_pattern is not None and d.upsample_factor > 1 else None
-    index = upsample_index(src_lens, d.upsample_min_len, d.upsample_factor, sources, d.upsample_pattern)  # epoch rows
-    if d.upsample_factor > 1:  # configured (the config check makes sure it has a criterion)
-        line = upsampling_line(d, len(src_lens), len(index))
-        if len(index) > len(src_lens):
+    upsampled = max(d.upsample_schedule or [d.upsample_factor]) > 1  # the config check made sure of a criterion
+    sources = source_texts(train_ds) if d.upsample_pattern is not None and upsampled else None
+    epoch_rows = upsample_epochs(src_lens, d, sources) if upsampled else None
+    if epoch_rows is not None:
+        line = upsampling_line(d, len(src_lens), [len(r) for r in epoch_rows])
+        if max(len(r) for r in epoch_rows) > len(src_lens):
             log.info("%s", line)
         else:
             log.warning("%s: nothing to repeat; check data.upsample_min_len / data.upsample_pattern", line)
     # Each process takes every size-th batch of the epoch's shuffled list (its shard).
-    sampler = TokenBatchSampler(src_lens[index], tgt_lens[index], t.batch_tokens, seed=cfg.seed, shuffle=True,
-                                num_shards=world.size, shard=world.rank)
-    return index, sampler
+    return TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True, num_shards=world.size,
+                             shard=world.rank, pad_to=pad_multiple(cfg, device), epoch_rows=epoch_rows)
+
+
+def pad_multiple(cfg: Config, device: str) -> int:
+    """train.pad_to_multiple, or its default: 8 on GPU (tensor-core friendly shapes), 1 (none) on CPU."""
+    if cfg.train.pad_to_multiple is not None:
+        return cfg.train.pad_to_multiple
+    return 8 if device.startswith("cuda") else 1
 
 
 def make_ema(model, decay: float, resume_state: dict | None):

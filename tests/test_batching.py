@@ -143,3 +143,61 @@ def test_resume_with_another_shard_count_continues_at_the_same_share_of_the_epoc
     assert one.state_dict() == {"epoch": 0, "position": 6, "shards": 1}
     with pytest.raises(CheckpointError, match="shards must be a whole number >= 1"):
         one.load_state_dict({"epoch": 0, "position": 1, "shards": 0})
+
+
+def test_pad_to_counts_padded_lengths_and_makes_few_shapes():
+    """With pad_to 8 a batch's cost is counted as make_batch pads it, so the padded batch still fits
+    the budget, and the batches come in far fewer distinct shapes."""
+    from mtkit.data import make_batch
+
+    src, tgt = lengths()
+    shapes = {}
+    for pad_to in (1, 8):
+        sampler = TokenBatchSampler(src, tgt, batch_tokens=1024, seed=1, pad_to=pad_to)
+        batches = sampler.epoch_batches(0)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(src)))
+        seen = set()
+        for b in batches:
+            batch = make_batch([[5] * int(n) for n in src[b]], [[5] * int(n) for n in tgt[b]], pad_to=pad_to)
+            (rows, s_len), t_len = batch["src"].shape, batch["tgt_in"].shape[1]
+            assert s_len % pad_to == 0 and t_len % pad_to == 0
+            assert rows * max(s_len, t_len) <= 1024 or rows == 1
+            seen.add((rows, s_len, t_len))
+        shapes[pad_to] = len(seen)
+    assert shapes[8] < shapes[1] / 2
+    with pytest.raises(ValueError, match="pad_to must be > 0"):
+        TokenBatchSampler(src, tgt, batch_tokens=1024, seed=1, pad_to=0)
+
+
+def test_epoch_rows_change_per_epoch_and_resume_exactly():
+    """epoch_rows: epoch e covers epoch_rows[min(e, last)] (repeats counted), len() follows the
+    epoch, and a sampler restored mid-way gives the batches an uninterrupted one would."""
+    src, tgt = lengths(600)
+    every = np.arange(600)
+    twice = np.concatenate([every, every[:100]])
+    thrice = np.concatenate([every, every[:100], every[:100]])
+    make = lambda: TokenBatchSampler(src, tgt, batch_tokens=512, seed=3, epoch_rows=[every, twice, thrice])  # noqa: E731
+    sampler = make()
+    for epoch, rows in enumerate([every, twice, thrice, thrice]):
+        got = np.concatenate(sampler.epoch_batches(epoch))
+        assert sorted(got.tolist()) == sorted(rows.tolist())
+        assert len(sampler.epoch_batches(epoch)) == sampler.batches_in(epoch)
+    assert sampler.batches_in(0) < sampler.batches_in(1) < sampler.batches_in(2) == sampler.batches_in(5)
+    stream = list(itertools.islice(iter(sampler), sampler.batches_in(0) + sampler.batches_in(1) + 3))
+    assert [e for e, _ in stream].count(1) == sampler.batches_in(1)
+    assert len(sampler) == sampler.batches_in(2)  # the epoch it is in
+    resumed, first = make(), make()
+    head = list(itertools.islice(iter(first), sampler.batches_in(0) + 5))
+    resumed.load_state_dict(first.state_dict())
+    rest = list(itertools.islice(iter(resumed), len(stream) - len(head)))
+    for (e1, b1), (e2, b2) in zip(head + rest, stream, strict=True):
+        assert e1 == e2 and b1.tolist() == b2.tolist()
+
+
+def test_epoch_rows_of_every_pair_give_the_plain_batches():
+    """Rows that list every pair once batch exactly as no rows at all (old checkpoints resume the same)."""
+    src, tgt = lengths(500)
+    plain = TokenBatchSampler(src, tgt, batch_tokens=512, seed=2)
+    listed = TokenBatchSampler(src, tgt, batch_tokens=512, seed=2, epoch_rows=[np.arange(500)])
+    for epoch in (0, 1):
+        assert [b.tolist() for b in plain.epoch_batches(epoch)] == [b.tolist() for b in listed.epoch_batches(epoch)]

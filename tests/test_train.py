@@ -265,6 +265,20 @@ def test_upsampled_pairs_count_factor_times_per_epoch(tmp_path):
         " nothing to repeat" in (tmp_path / "none" / "train.log").read_text()
 
 
+def test_upsample_schedule_moves_weight_over_the_epochs(tmp_path):
+    """data.upsample_schedule [1, 3]: epoch 1 holds every pair once, epoch 2 and later the picked ones 3 times."""
+    two_epochs = ["train.max_steps=null", "train.max_epochs=2", "data.upsample_pattern=^gu\\b"]
+    plain = train(tiny_config(tmp_path, "plain", ["train.max_steps=null", "train.max_epochs=1"]))
+    up = train(tiny_config(tmp_path, "up", [*two_epochs, "data.upsample_factor=3"]))
+    sched = train(tiny_config(tmp_path, "sched", [*two_epochs, "data.upsample_schedule=[1, 3]"]))
+    sources = (tmp_path / "data" / "train.src").read_text().splitlines()
+    picked = sum(s.split()[0] == "gu" for s in sources)
+    assert (f"upsampling: {picked} of {len(sources)} pairs (a source matching '^gu\\\\b') count 1 / 3 times in"
+            f" epochs 1 / 2+: {len(sources)} / {len(sources) + 2 * picked} rows per epoch") \
+        in (tmp_path / "sched" / "train.log").read_text()
+    assert sched["step"] == plain["step"] + up["step"] // 2  # one plain epoch, then one upsampled
+
+
 def test_time_budget_counts_the_training_of_every_call(tmp_path):
     """A checkpoint carries the training time; a resumed run whose time is spent stops at once."""
     train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
