@@ -1,4 +1,4 @@
-"""Tests for mtkit.model: shapes, positions, attention, masking, the decoder cache, tying, saving."""
+"""Tests for mtkit.model and mtkit.attention: shapes, positions, attention, masking, the decoder cache, tying, saving."""
 
 import io
 import math
@@ -6,15 +6,10 @@ import math
 import pytest
 import torch
 
+from mtkit.attention import MultiHeadAttention, matmul_attention, reference_attention
 from mtkit.config import ModelConfig
 from mtkit.errors import ConfigError
-from mtkit.model import (
-    MultiHeadAttention,
-    Transformer,
-    matmul_attention,
-    reference_attention,
-    sinusoidal_positions,
-)
+from mtkit.model import Transformer, sinusoidal_positions
 
 V = 23  # vocabulary size of the tiny models; id 0 is padding
 
