@@ -2,6 +2,11 @@
 
 usage: python bench/decode_speed.py MODEL --src data/ding-de-en/test.de [--beams 1 5] [--threads 2]
                                     [--batch-tokens 4096 | --batch-sents 32] [--ref data/ding-de-en/test.en]
+                                    [--precision fp32|bf16|auto] [--engine torch|ctranslate2]
+
+--engine ctranslate2 times `mtkit translate --engine ctranslate2`: MODEL is an `mtkit export`
+directory (or a checkpoint, exported to float32 on the fly); --precision fp32/bf16 are its
+compute types float32/bfloat16, auto keeps the exported type (e.g. int8).
 
 Batches: mtkit's own (--batch-tokens: length-sorted, at most N padded source tokens each), or
 --batch-sents N as OpenNMT-py and CTranslate2 batch: the sentences sorted by length and cut into
@@ -34,6 +39,7 @@ def main() -> None:
     ap.add_argument("--batch-sents", type=int, default=None, help="batches of N length-sorted sentences instead")
     ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32", help="decode.precision")
+    ap.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
     args = ap.parse_args()
 
     import torch
@@ -44,14 +50,21 @@ def main() -> None:
 
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit translate` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
-    model, tok, cfg = load_model(args.model, "cpu")
-    model, args.precision = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
+    if args.engine == "ctranslate2":
+        from mtkit.ct2 import load_engine
+
+        model, tok, base_decode, _ = load_engine(args.model, "cpu", [f"decode.precision={args.precision}"])
+        what = f"CTranslate2 compute type {model.translator.compute_type}"
+    else:
+        model, tok, cfg = load_model(args.model, "cpu")
+        model, args.precision = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
+        base_decode, what = cfg.decode, f"{model.num_parameters():,} parameters, {args.precision}"
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()
     batching = f"{args.batch_sents} sentences" if args.batch_sents else f"{args.batch_tokens} tokens"
-    print(f"model {args.model}: {model.num_parameters():,} parameters; {len(lines)} sentences from {args.src};"
-          f" threads {args.threads}; batches: {batching}; {args.precision}; freed memory {malloc};"
+    print(f"model {args.model}: {what}; {len(lines)} sentences from {args.src};"
+          f" threads {args.threads}; batches: {batching}; freed memory {malloc};"
           f" torch {torch.__version__}")
     rows = []
     if args.batch_sents:  # length-sorted chunks of N sentences, each translated as one batch
@@ -62,7 +75,7 @@ def main() -> None:
         chunks = [list(range(len(lines)))]
     batch_tokens = 10**9 if args.batch_sents else args.batch_tokens
     for beam in args.beams:
-        decode = replace(cfg.decode, beam_size=beam, nbest=1, batch_tokens=batch_tokens)
+        decode = replace(base_decode, beam_size=beam, nbest=1, batch_tokens=batch_tokens)
         translate_lines(model, tok, lines[:64], decode)  # warm-up
         out = [None] * len(lines)
         t0 = time.perf_counter()
@@ -83,8 +96,8 @@ def main() -> None:
         print(f"{r['beam']:>4} {r['seconds']:>8.2f} {r['sentences_per_s']:>8.1f} {r['tgt_tokens_per_s']:>9.1f}"
               + (f" {r['bleu']:>6.2f}" if refs else ""))
     print(f"peak RSS {peak:.0f} MB (after loading the model: {rss_loaded:.0f} MB)")
-    print(json.dumps({"model": args.model, "sentences": len(lines), "threads": args.threads,
-                      "batching": batching, "precision": args.precision, "results": rows, "peak_rss_mb": round(peak)}))
+    print(json.dumps({"model": args.model, "engine": args.engine, "sentences": len(lines), "threads": args.threads,
+                      "batching": batching, "precision": args.precision, "what": what, "results": rows, "peak_rss_mb": round(peak)}))
 
 
 if __name__ == "__main__":

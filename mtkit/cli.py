@@ -36,6 +36,8 @@ app.add_typer(data_app, name="data")
 STATE = {"debug": False}
 
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help="Override a config key (repeatable).")
+EngineOpt = typer.Option("torch", "--engine", help="torch (mtkit's search) or ctranslate2 (an `mtkit export`"
+                         " directory, or a checkpoint exported on the fly).")
 
 
 def debug_on() -> bool:
@@ -203,12 +205,13 @@ def translate_cmd(
     nbest: Optional[int] = typer.Option(None, "--nbest", help="Output N hypotheses per line as `index ||| hyp ||| score`."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
     """Translate a file or stdin: exactly one output line per input line, in order."""
     from mtkit.translate import load_for_decoding, translate_file
 
-    net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, nbest, batch_tokens)
+    net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, nbest, batch_tokens, engine)
     if output is not None and output.exists():
         log.warning("overwriting %s when the translation is complete", output)
     translate_file(net, tok, decode, input, output, device=dev)
@@ -227,6 +230,7 @@ def evaluate_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the translations here."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures)."""
@@ -248,7 +252,7 @@ def evaluate_cmd(
 
             raise DataError(f"source {src} has {len(srcs)} lines but references {ref} has {len(refs)};"
                             " they must be line-aligned")
-        net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, None, batch_tokens)
+        net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, None, batch_tokens, engine)
         hyps = [ts[0].text for ts in translate_lines(net, tok, srcs, decode, dev)]
         if output is not None:
             from mtkit.runsetup import write_atomic
@@ -287,6 +291,26 @@ def average_cmd(
         log.warning("overwriting %s", output)
     save_checkpoint(output, average_checkpoints(paths))
     typer.echo(f"averaged {len(paths)} checkpoints -> {output}", err=True)
+
+
+@app.command("export")
+@handles_errors
+def export_cmd(
+    model: str = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory to write (must not exist or be empty)."),
+    format: str = typer.Option("ctranslate2", "--format", help="Only ctranslate2 for now."),
+    quantization: str = typer.Option("float32", "--quantization",
+                                     help="Weights as float32, int8, int8_float32, float16 or bfloat16."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty output directory."),
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Export a trained model for CTranslate2 (translate it with `mtkit translate DIR --engine ctranslate2`)."""
+    from mtkit.ct2 import export
+
+    if format != "ctranslate2":
+        raise ConfigError(f"--format: only ctranslate2 is supported (got {format!r})")
+    export(model, output, quantization, force, set_ or [])
+    typer.echo(f"exported {model} -> {output} (CTranslate2, {quantization})", err=True)
 
 
 @app.command("info")

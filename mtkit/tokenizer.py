@@ -78,6 +78,11 @@ class Tokenizer:
         """Target piece ids -> detokenized text; PAD/BOS/EOS ids are ignored."""
         return self._tgt.decode([_strip_special(x) for x in ids])
 
+    def pieces(self, side: str) -> list[str]:
+        """Every piece of the "src" or "tgt" vocabulary, in id order."""
+        proc = self._src if side == "src" else self._tgt
+        return [proc.id_to_piece(i) for i in range(proc.get_piece_size())]
+
     def to_bytes(self) -> dict[str, bytes]:
         """The model bytes as stored in checkpoints: {"src": ...} or {"src": ..., "tgt": ...}."""
         if self._tgt_bytes is None:

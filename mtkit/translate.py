@@ -52,26 +52,30 @@ def load_model(model_path: str | Path, device: str = "cpu"):
 
 def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: list[str] | tuple[str, ...] = (),
                       beam: int | None = None, greedy: bool = False, nbest: int | None = None,
-                      batch_tokens: int | None = None):
+                      batch_tokens: int | None = None, engine: str = "torch"):
     """What `mtkit translate` and `mtkit evaluate` decode with: (model, tokenizer, decode settings,
     device). The checkpoint's decode.* settings, then `--set decode.*=...` overrides, then the flags;
-    the weights cast for decode.precision (auto resolved, so the settings name what runs)."""
+    the weights cast for decode.precision (auto resolved, so the settings name what runs).
+    engine "ctranslate2": the model is an exported directory (or a checkpoint, exported on the fly)
+    and CTranslate2 searches (ct2.py)."""
     from dataclasses import replace
 
-    from mtkit.config import apply_overrides
+    from mtkit import ct2
     from mtkit.errors import ConfigError
     from mtkit.hardware import resolve_device
     from mtkit.memory import keep_freed_memory
 
+    flags = dict(beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
+    if engine == "ctranslate2":
+        return ct2.load_engine(model_path, device, overrides, **flags)
+    if engine != "torch":
+        raise ConfigError(f"--engine: expected torch or ctranslate2 (got {engine!r})")
+    if ct2.is_ct2_dir(model_path):
+        raise ConfigError(f"{model_path}: is a CTranslate2 export; translate it with --engine ctranslate2")
     keep_freed_memory()
     device = resolve_device(device)
     model, tok, cfg = load_model(model_path, device)
-    bad = [s for s in overrides if not s.split("=", 1)[0].strip().startswith("decode.")]
-    if bad:
-        raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
-    if overrides:
-        cfg = apply_overrides(cfg, list(overrides), where="--set")
-    decode = decode_settings(cfg.decode, beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
+    decode = decode_settings(decode_overrides(cfg, overrides).decode, **flags)
     model, precision = cast_for_decoding(model, decode.precision, device)
     return model, tok, replace(decode, precision=precision), device
 
@@ -116,10 +120,14 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     # Longest first: similar lengths share a batch (little padding), and a batch that does not fit
     # in memory shows up at once rather than at the end of a long job.
     keep.sort(key=lambda item: -len(item[1]))
+    search_ids = getattr(model, "search_ids", None)  # an exported model's engine (ct2.py) takes the ids itself
     with torch.inference_mode():
         for batch in token_batches(keep, decode.batch_tokens):
-            src = make_batch([s for _, s in batch])["src"].to(device)
-            for (i, _), hyps in zip(batch, search(model, src, decode)):
+            if search_ids is not None:
+                found = search_ids([s for _, s in batch], decode, tokenizer)
+            else:
+                found = search(model, make_batch([s for _, s in batch])["src"].to(device), decode)
+            for (i, _), hyps in zip(batch, found):
                 texts = tokenizer.decode_tgt([h.tokens for h in hyps])
                 out[i] = [Translation(t, h.score) for t, h in zip(texts, hyps)]
     return out
@@ -226,6 +234,17 @@ def _count_lines(path: Path) -> int:
         for block in iter(lambda: f.read(1 << 20), b""):
             n += block.count(b"\n")
     return n
+
+
+def decode_overrides(cfg, overrides: list[str] | tuple[str, ...]):
+    """`cfg` with `--set decode.*=...` applied; other keys are an error (a trained model is fixed)."""
+    from mtkit.config import apply_overrides
+    from mtkit.errors import ConfigError
+
+    bad = [s for s in overrides if not s.split("=", 1)[0].strip().startswith("decode.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
+    return apply_overrides(cfg, list(overrides), where="--set") if overrides else cfg
 
 
 def decode_settings(base: DecodeConfig, beam: int | None = None, greedy: bool = False, nbest: int | None = None,

@@ -25,7 +25,7 @@ def sets(overrides):
 def test_help_lists_commands_and_version():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("train", "translate", "evaluate", "average", "tokenizer", "data"):
+    for cmd in ("train", "translate", "evaluate", "average", "export", "tokenizer", "data"):
         assert cmd in r.stdout
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and __version__ in r.stdout
