@@ -22,7 +22,7 @@ install:
 	fi
 	@# Install the pinned CPU torch before the package, so its `torch>=...` range is already met.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --disable-pip-version-check -e ".[test,ct2]"
+	$(PY) -m pip install --disable-pip-version-check -e ".[test,ct2,plot]"
 	@$(MTKIT) --version
 
 test:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mtkit import __version__
-from mtkit.errors import CheckpointError
+from mtkit.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mtkit")
 
@@ -130,6 +130,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'; it is incomplete or damaged")
     return state
+
+
+def checkpoints_to_average(paths: list[Path], last: int | None = None) -> list[Path]:
+    """`mtkit average`'s inputs: the given checkpoints, or with `last` the newest `last` step-N.pt
+    of the one run dir given."""
+    if last is None:
+        return paths
+    if len(paths) != 1 or not paths[0].is_dir():
+        raise ConfigError("--last N needs exactly one run dir")
+    found = [p for _, p in step_checkpoints(paths[0])][:last]
+    if len(found) < last:
+        raise ConfigError(f"{paths[0]}: has {len(found)} step-*.pt checkpoints, fewer than --last {last};"
+                          " raise train.keep_last for future runs")
+    return found
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

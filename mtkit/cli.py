@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Get and inspect corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+inspect_app = typer.Typer(help="Look inside a model: attention heat maps, the position table.", no_args_is_help=True)
+app.add_typer(inspect_app, name="inspect")
 
 STATE = {"debug": False}
 
@@ -234,7 +236,7 @@ def evaluate_cmd(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures)."""
-    from mtkit.evaluate import format_scores, read_text_lines, score, score_files
+    from mtkit.evaluate import format_scores, score_files, translate_and_score
 
     if hyp is not None:
         if model is not None or src is not None:
@@ -243,23 +245,10 @@ def evaluate_cmd(
     else:
         if model is None or src is None:
             raise ConfigError("give MODEL and --src to translate and score, or --hyp to score a file")
-        from mtkit.translate import load_for_decoding, translate_lines
+        from mtkit.translate import load_for_decoding
 
-        refs = read_text_lines(ref, "references")
-        srcs = read_text_lines(src, "source")
-        if len(srcs) != len(refs):
-            from mtkit.errors import DataError
-
-            raise DataError(f"source {src} has {len(srcs)} lines but references {ref} has {len(refs)};"
-                            " they must be line-aligned")
         net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, None, batch_tokens, engine)
-        hyps = [ts[0].text for ts in translate_lines(net, tok, srcs, decode, dev)]
-        if output is not None:
-            from mtkit.runsetup import write_atomic
-
-            write_atomic(output, "".join(h + "\n" for h in hyps))
-        result = score(hyps, refs)
-        result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty}
+        result = translate_and_score(net, tok, decode, src, ref, dev, output)
     if as_json:
         typer.echo(json.dumps({"bleu": result["bleu"], "chrf": result["chrf"], "ter": result["ter"],
                                "signature": result["signature"], "n": result["n"],
@@ -276,17 +265,9 @@ def average_cmd(
     last: Optional[int] = typer.Option(None, "--last", help="With a run dir: average its newest N step-*.pt."),
 ):
     """Average the weights of several checkpoints of one model (e.g. the last N saves)."""
-    from mtkit.checkpoint import average_checkpoints, save_checkpoint, step_checkpoints
+    from mtkit.checkpoint import average_checkpoints, checkpoints_to_average, save_checkpoint
 
-    paths = list(checkpoints)
-    if last is not None:
-        if len(paths) != 1 or not paths[0].is_dir():
-            raise ConfigError("--last N needs exactly one run dir")
-        found = [p for _, p in step_checkpoints(paths[0])][:last]
-        if len(found) < last:
-            raise ConfigError(f"{paths[0]}: has {len(found)} step-*.pt checkpoints, fewer than --last {last};"
-                              " raise train.keep_last for future runs")
-        paths = found
+    paths = checkpoints_to_average(list(checkpoints), last)
     if output.exists():
         log.warning("overwriting %s", output)
     save_checkpoint(output, average_checkpoints(paths))
@@ -313,10 +294,87 @@ def export_cmd(
     typer.echo(f"exported {model} -> {output} (CTranslate2, {quantization})", err=True)
 
 
+# ----------------------------------------------------------------------------- pictures
+
+
+@inspect_app.command("attention")
+@handles_errors
+def inspect_attention_cmd(
+    model: str = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt)."),
+    src: str = typer.Option(..., "--src", help="The source sentence."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Force this translation (default: the model's greedy one)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Picture to write (.png, .svg, .pdf)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Only this layer (from 1)."),
+    head: Optional[int] = typer.Option(None, "--head", help="Only this head (from 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Write the weights as JSON instead (to -o or stdout)."),
+):
+    """Attention heat maps of one sentence pair: encoder self, decoder self, encoder-decoder."""
+    from mtkit.inspection import attention_maps
+    from mtkit.translate import load_model
+
+    if output is None and not as_json:
+        raise ConfigError("give -o PICTURE (e.g. -o attn.png), or --json to print the weights")
+    net, tok, cfg = load_model(model, "cpu")
+    maps = attention_maps(net, tok, src, tgt, cfg.decode.max_len_a, cfg.decode.max_len_b)
+    if as_json:
+        text = json.dumps(maps.to_json())
+        if output is None:
+            typer.echo(text)
+            return
+        from mtkit.runsetup import write_atomic
+
+        write_atomic(output, text + "\n")
+    else:
+        from mtkit.plots import draw_attention
+
+        draw_attention(maps, output, layer, head)
+    typer.echo(f"attention of {' '.join(maps.src_pieces)} -> {' '.join(maps.tgt_pieces)} written to {output}", err=True)
+
+
+@inspect_app.command("positions")
+@handles_errors
+def inspect_positions_cmd(
+    d_model: int = typer.Option(128, "--d-model", help="Width of the table."),
+    length: int = typer.Option(100, "--length", help="Positions to show."),
+    output: Path = typer.Option(..., "-o", "--output", help="Picture to write."),
+):
+    """The sinusoidal position encodings (section 3.5) as a heat map and a few curves."""
+    from mtkit.inspection import position_table
+    from mtkit.plots import draw_positions
+
+    if d_model < 2 or length < 1:
+        raise ConfigError(f"--d-model must be >= 2 and --length >= 1 (got {d_model}, {length})")
+    draw_positions(position_table(d_model, length), output)
+    typer.echo(f"position table {length} x {d_model} written to {output}", err=True)
+
+
+@app.command("plot")
+@handles_errors
+def plot_cmd(
+    run_dirs: List[Path] = typer.Argument(..., help="One or more run dirs (their metrics.jsonl)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Picture to write."),
+):
+    """Training curves (train loss, dev ppl, dev BLEU, learning rate) of one or more runs."""
+    from mtkit.plots import draw_curves
+
+    draw_curves(list(run_dirs), output)
+    typer.echo(f"curves of {len(run_dirs)} run(s) written to {output}", err=True)
+
+
 @app.command("info")
 @handles_errors
-def info_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    """Versions, CPU, native bf16, threads and GPUs: what `precision: auto` picks here, for bug reports."""
+def info_cmd(
+    model: Optional[str] = typer.Argument(None, help="A checkpoint or run dir: print its run manifest instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Versions, CPU, native bf16, threads and GPUs (what `precision: auto` picks here, for bug
+    reports); with MODEL, what that model was trained from and on (its run manifest)."""
+    if model is not None:
+        from mtkit.manifest import format_manifest, manifest_of
+
+        manifest = manifest_of(model)
+        typer.echo(json.dumps(manifest) if as_json else format_manifest(manifest))
+        return
     from mtkit.hardware import format_report, machine_report
 
     report = machine_report()

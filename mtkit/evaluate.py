@@ -70,3 +70,24 @@ def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:
             " they must be line-aligned"
         )
     return score(hyps, refs)
+
+
+def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path, device: str = "cpu",
+                        output: Path | None = None) -> dict[str, Any]:
+    """Translate a source file with a loaded model (translate.load_for_decoding) and score the
+    output against line-aligned references; `output` also keeps the translations (written
+    atomically). The result is `score`'s, plus the beam size and length penalty used."""
+    from mtkit.runsetup import write_atomic
+    from mtkit.translate import translate_lines
+
+    refs = read_text_lines(ref_path, "references")
+    srcs = read_text_lines(src_path, "source")
+    if len(srcs) != len(refs):
+        raise DataError(f"source {src_path} has {len(srcs)} lines but references {ref_path} has {len(refs)};"
+                        " they must be line-aligned")
+    hyps = [ts[0].text for ts in translate_lines(model, tokenizer, srcs, decode, device)]
+    if output is not None:
+        write_atomic(output, "".join(h + "\n" for h in hyps))
+    result = score(hyps, refs)
+    result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty}
+    return result

@@ -82,8 +82,12 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
 
     from mtkit import distributed, runsetup
     from mtkit.data import make_batch
+    from mtkit.manifest import build as build_manifest
+    from mtkit.manifest import check_same_data
+    from mtkit.manifest import write as write_manifest
     from mtkit.memory import peak_memory_mb
     from mtkit.model import Transformer
+    from mtkit.plots import refresh_run_curves
     from mtkit.tokenizer import PAD_ID
     from mtkit.validate import Validator
 
@@ -96,6 +100,12 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     precision, why = resolve_precision(t.precision, device, warn=world.is_main)
     log.info("precision: %s", why)
     tok = run.tokenizer
+    manifest = None  # what the run trains from and on (manifest.py): in every checkpoint and manifest.json
+    if world.is_main:
+        manifest = build_manifest(cfg, tok, device, precision, world.size)
+        if run.resume_state is not None:  # the saved data position only means something on the same data
+            check_same_data(run.resume_state.get("manifest"), manifest, run.resume_path)
+        write_manifest(run.dir, manifest)
     model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, pad_id=PAD_ID).to(device)
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")
@@ -125,6 +135,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "data": sampler.state_dict(), "progress": vars(progress).copy(), "rng": rngs[0],
+                "manifest": manifest,
                 **({"rng_ranks": rngs} if world.distributed else {}),
             })
         saved_step = progress.step
@@ -216,11 +227,15 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
             if progress.step % t.eval_every == 0:
                 improved = validator is not None and validator.run_and_track(served, progress, metrics)
                 save("best" if improved else "last")
+                if world.is_main:
+                    refresh_run_curves(run.dir)  # curves.png, when matplotlib is installed
                 model.train()
     # Save the final state unless nothing was trained in this call or the last update just saved.
     if progress.step != saved_step:
         improved = validator is not None and validator.run_and_track(served, progress, metrics)
         save("best" if improved else "last")
+    if world.is_main:
+        refresh_run_curves(run.dir, force=True)
     elapsed = time.monotonic() - started
     memory = peak_memory_mb(device)
     log.info("done: %s at step %d after %s; best dev BLEU %.2f; peak memory %s; checkpoints in %s",
@@ -321,6 +336,8 @@ def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, auto
             scaler.scale(loss * (world.size / n_tokens)).backward()
         sums += torch.stack([loss.detach(), nll])
     scaler.unscale_(optimizer)
+    # NOTE (differs from paper): gradient clipping (train.clip_norm; 0 = off, as in the paper). The
+    # norm is computed either way: a non-finite one marks the update to skip.
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm if t.clip_norm > 0 else math.inf)
     loss_value, nll_value = sum_tensor(world, sums).tolist()  # the one host sync per update: refuses NaN updates
     if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
