@@ -19,8 +19,8 @@ from mtkit.attention import MultiHeadAttention, attend_mask_from_padding
 from mtkit.cache import DecoderCache
 from mtkit.config import ModelConfig
 from mtkit.errors import ConfigError
+from mtkit.tokenizer import PAD_ID  # the special ids are defined once, in tokenizer.py
 
-PAD_ID = 0  # padding id unless the tokenizer says otherwise (passed as Transformer(pad_id=...))
 INITIAL_POSITIONS = 1024  # rows of the sinusoid table built up front; a longer input extends it
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from mtkit.config import Config, differing_keys, dump_yaml, flatten, from_plain_dict, to_dict
-from mtkit.errors import TrainingError
+from mtkit.errors import CheckpointError, TrainingError
 
 log = logging.getLogger("mtkit")
 
@@ -246,6 +246,10 @@ def restore(run: Run, cfg: Config, world, model, optimizer, scaler, sampler) -> 
         seed_everything(cfg.seed + world.rank)  # same initial weights (seeded before), own dropout masks
     if run.resume_state is not None:
         s = run.resume_state
+        if "optimizer" not in s or "progress" not in s:  # e.g. `mtkit average`'s output put in as last.pt
+            raise CheckpointError(f"{run.resume_path}: holds weights but no training state (optimizer, data"
+                                  " position), as `mtkit average` writes; move it out of the run dir, or train"
+                                  " from its weights in a new run dir with --init-from")
         # With train.ema_decay on, "model" holds the average and "train_weights" what training continues from.
         model.load_state_dict(s.get("train_weights", s["model"]))
         optimizer.load_state_dict(s["optimizer"])
@@ -253,6 +257,12 @@ def restore(run: Run, cfg: Config, world, model, optimizer, scaler, sampler) -> 
             scaler.load_state_dict(s["scaler"])
         sampler.load_state_dict(s["data"])
         progress = Progress(**s["progress"])
+        saved_subset = s.get("config", {}).get("train", {}).get("valid_max_sentences")
+        if saved_subset != cfg.train.valid_max_sentences and progress.best_bleu >= 0:
+            # Best BLEU and patience compare scores; on another dev subset they would compare apples and pears.
+            log.warning("train.valid_max_sentences changed (%s -> %s): best dev BLEU (%.2f) and patience start"
+                        " afresh on the new dev subset", saved_subset, cfg.train.valid_max_sentences, progress.best_bleu)
+            progress.best_bleu, progress.bad_validations = -1.0, 0
         per_rank = s.get("rng_ranks") or [s["rng"]]
         if len(per_rank) == world.size:
             restore_rng(per_rank[world.rank])

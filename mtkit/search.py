@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtkit.config import DecodeConfig
+from mtkit.tokenizer import BOS_ID, EOS_ID, PAD_ID  # the special ids are defined once, in tokenizer.py
 
 NEG_INF = float("-inf")
 
@@ -79,7 +80,7 @@ def search(model: Any, src: Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]
 
 @torch.inference_mode()
 def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
-                  bos: int = 2, eos: int = 3, pad: int = 0) -> list[Hypothesis]:
+                  bos: int = BOS_ID, eos: int = EOS_ID, pad: int = PAD_ID) -> list[Hypothesis]:
     """Pick the most probable next token at every step, for all sentences of `src` at once.
 
     Args:
@@ -136,8 +137,8 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
 
 @torch.inference_mode()
 def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: float, max_len_a: float,
-                max_len_b: int, nbest: int = 1, stopping: str = "exact", bos: int = 2, eos: int = 3,
-                pad: int = 0) -> list[list[Hypothesis]]:
+                max_len_b: int, nbest: int = 1, stopping: str = "exact", bos: int = BOS_ID, eos: int = EOS_ID,
+                pad: int = PAD_ID) -> list[list[Hypothesis]]:
     """Batched beam search with GNMT length penalty; stops by the exact rule or early (`stopping`).
 
     Every step, per sentence, takes the top 2K of the K*V extensions of its K live beams (by

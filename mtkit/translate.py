@@ -7,8 +7,10 @@ killed job never leaves a partial file that looks complete. Search itself is in 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +97,9 @@ def cast_for_decoding(model, precision: str, device: str = "cpu"):
 
 def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, device: str = "cpu",
                     first_line_no: int = 1) -> list[list[Translation]]:
-    """Translate a list of sentences; returns `decode.nbest` translations per line, best first.
+    """Translate a list of sentences; returns exactly `decode.nbest` translations per line, best first.
 
-    Empty or whitespace-only lines give empty translations without touching the model. Lines whose
+    Empty or whitespace-only lines give empty translations (score 0) without touching the model. Lines whose
     source is longer than `decode.max_input_tokens` give an empty translation and a warning naming
     the line (`first_line_no` is the number of lines[0] in its file). Training's validation calls
     this same function, so dev BLEU during training equals `mtkit evaluate`'s.
@@ -130,6 +132,9 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
             for (i, _), hyps in zip(batch, found):
                 texts = tokenizer.decode_tgt([h.tokens for h in hyps])
                 out[i] = [Translation(t, h.score) for t, h in zip(texts, hyps)]
+                # Exactly nbest per line: a search that found fewer distinct outputs with a non-zero
+                # probability (e.g. an output limit of 0) pads with empty ones scored -inf.
+                out[i] += [Translation("", float("-inf"))] * (decode.nbest - len(out[i]))
     return out
 
 
@@ -148,15 +153,17 @@ def token_batches(items: list[tuple[int, list[int]]], batch_tokens: int) -> Iter
         yield batch
 
 
-def read_chunks(stream: IO[bytes], name: str, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
-    """Yield (number of the first line, lines) from a binary stream, split on "\\n" only.
+def read_chunks(stream: IO[bytes], name: str, chunk_lines: int = CHUNK_LINES, first_no: int = 1
+                ) -> Iterator[tuple[int, list[str]]]:
+    """Yield (number of the first line, lines) from a binary stream, split on "\\n" only; the
+    stream's first line is line `first_no`.
 
     Splitting on "\\n" alone (not str.splitlines, which also breaks at \\x0b, \\x1c, \\u2028 ...)
     keeps one output line per input line. Invalid UTF-8 and NUL bytes are errors naming the line.
     """
     chunk: list[str] = []
-    first = 1
-    for no, raw in enumerate(stream, start=1):
+    first = first_no
+    for no, raw in enumerate(stream, start=first_no):
         if b"\x00" in raw:
             raise DataError(f"{name}: line {no}: NUL byte; is this a binary file? give UTF-8 text")
         try:
@@ -169,6 +176,36 @@ def read_chunks(stream: IO[bytes], name: str, chunk_lines: int = CHUNK_LINES) ->
             first, chunk = no + 1, []
     if chunk:
         yield first, chunk
+
+
+def read_as_available(stream: IO[bytes], name: str, chunk_lines: int = CHUNK_LINES
+                      ) -> Iterator[tuple[int, list[str]]]:
+    """Like read_chunks, but yields the complete lines that have arrived as soon as there are any
+    (at most `chunk_lines`), instead of waiting for a full chunk: for stdin from a terminal or a
+    pipe. Reads the file descriptor directly, so no line waits in Python's buffer."""
+    fd = stream.fileno()
+    pending, first = b"", 1
+    while True:
+        block = os.read(fd, 1 << 16)  # blocks until something arrives; b"" at end of input
+        pending += block
+        parts = pending.split(b"\n")
+        pending = parts.pop() if block else b""
+        if not block and parts == [b""]:
+            parts = []
+        for start in range(0, len(parts), chunk_lines):
+            raw = b"".join(p + b"\n" for p in parts[start: start + chunk_lines])
+            yield from read_chunks(io.BytesIO(raw), name, chunk_lines, first_no=first)  # the same checks
+            first += len(parts[start: start + chunk_lines])
+        if not block:
+            return
+
+
+def _arrives_over_time(stream: IO[bytes]) -> bool:
+    """True for a terminal or a pipe (not a regular file, and a real file descriptor)."""
+    try:
+        return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):  # e.g. an in-memory stream in tests
+        return False
 
 
 def format_output(translations: list[list[Translation]], first_index: int, nbest: int) -> str:
@@ -204,8 +241,12 @@ def translate_file(model, tokenizer, decode: DecodeConfig, input_path: Path | No
         total = _count_lines(input_path) if input_path else None
         bar = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True)
     lines_done = 0
+    # A terminal or a pipe may send a line and wait for its translation: translate what has
+    # arrived so far and flush; files (and redirected files) are read in large chunks.
+    interactive = input_path is None and _arrives_over_time(instream)
+    chunks = read_as_available(instream, name, chunk_lines) if interactive else read_chunks(instream, name, chunk_lines)
     try:
-        for first, chunk in read_chunks(instream, name, chunk_lines):
+        for first, chunk in chunks:
             translations = translate_lines(model, tokenizer, chunk, decode, device, first_line_no=first)
             outstream.write(format_output(translations, first - 1, decode.nbest))
             outstream.flush()

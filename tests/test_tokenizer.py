@@ -142,3 +142,29 @@ def test_reverse_task_round_trip():
 def test_coverage_sentencepiece_refuses_is_explained():
     with pytest.raises(DataError, match=r"tokenizer.character_coverage: .*\[0.98, 1\] \(got 0.5\)"):
         train_tokenizer(TokenizerConfig(vocab_size=60, character_coverage=0.5), SRC, TGT)
+
+
+def test_special_ids_are_defined_once():
+    """PAD/UNK/BOS/EOS are defined in tokenizer.py only: no other module assigns them or spells a
+    special id as a literal default (bos=2, eos=3, pad=0, pad_id=0)."""
+    import ast
+    from pathlib import Path
+
+    import mtkit
+
+    names = {"PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID"}
+    arguments = {"bos", "eos", "pad", "unk", "pad_id", "bos_id", "eos_id", "unk_id"}
+    found = []
+    for path in sorted(Path(mtkit.__file__).parent.glob("*.py")):
+        if path.name == "tokenizer.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                found += [f"{path.name}: {t.id} =" for t in node.targets if isinstance(t, ast.Name) and t.id in names]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs
+                defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + node.args.kw_defaults
+                found += [f"{path.name}: {node.name}({a.arg}={d.value})" for a, d in zip(args, defaults)
+                          if a.arg in arguments and isinstance(d, ast.Constant) and isinstance(d.value, int)]
+    assert found == []

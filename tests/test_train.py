@@ -357,3 +357,43 @@ def test_late_dropout_trains_the_first_epochs_without_dropout(tmp_path):
     train(tiny_config(tmp_path, "late2r", [*late, "train.max_epochs=2"]))  # resumes in epoch 2
     c = checkpoint_weights(tmp_path / "late2r/last.pt")
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_averaged_checkpoint_as_last_pt_is_one_clear_error(tmp_path):
+    """A checkpoint without training state (what `mtkit average` writes) put in as last.pt."""
+    from mtkit.checkpoint import average_checkpoints, save_checkpoint
+    from mtkit.errors import CheckpointError
+
+    cfg = tiny_config(tmp_path, extra=["train.max_steps=4", "train.eval_every=2", "train.keep_last=2"])
+    train(cfg)
+    save_checkpoint(tmp_path / "run/last.pt", average_checkpoints([tmp_path / "run/step-2.pt", tmp_path / "run/step-4.pt"]))
+    with pytest.raises(CheckpointError, match="holds weights but no training state.*--init-from"):
+        train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))
+
+
+def test_changing_the_dev_subset_on_resume_restarts_best_and_patience(tmp_path):
+    """train.valid_max_sentences may change on resume, but then best BLEU and patience compare
+    scores of different dev subsets: they start afresh, with a warning."""
+    train(tiny_config(tmp_path, extra=["train.max_steps=10", "train.eval_every=5", "train.valid_max_sentences=20"]))
+    best_before = load_checkpoint(tmp_path / "run/last.pt")["progress"]["best_bleu"]
+    train(tiny_config(tmp_path, extra=["train.max_steps=15", "train.eval_every=5", "train.valid_max_sentences=8"]))
+    log = (tmp_path / "run/train.log").read_text()
+    assert (f"train.valid_max_sentences changed (20 -> 8): best dev BLEU ({best_before:.2f}) and patience start"
+            " afresh") in log
+    assert "valid step 15:" in log and "*best*" in log.split("valid step 15:")[1].splitlines()[0]
+
+
+def test_resume_refuses_training_files_changed_in_place(tmp_path):
+    """The saved data position means nothing on other data: a checkpoint carries the training
+    files' hashes (its manifest) and resuming on changed files is one error naming them."""
+    from mtkit.errors import DataError
+
+    train(tiny_config(tmp_path, extra=["train.max_steps=4", "train.eval_every=2"]))
+    src = tmp_path / "data" / "train.src"
+    original = src.read_bytes()
+    lines = original.decode().splitlines()
+    src.write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # same lines, another order
+    with pytest.raises(DataError, match=r"the training data changed since it was saved \(.*train\.src\).*--overwrite"):
+        train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))
+    src.write_bytes(original)  # restored: resumes
+    assert train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))["step"] == 6

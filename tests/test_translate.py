@@ -237,3 +237,45 @@ def test_bf16_on_a_cpu_without_it_translates_after_one_loud_warning(trained, tmp
     r = subprocess.run([sys.executable, "-m", "mtkit", "translate", str(root / "run"), "--greedy"],
                        input="ba de\n", capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_nbest_gives_exactly_n_lines_per_input(trained, tmp_path):
+    """The --nbest contract: N lines for every input, also for empty input (score 0) and when the
+    search can only find fewer outputs (limit 0: only the empty output, the rest scored -inf)."""
+    _, model, tok, cfg = trained
+    inp, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    inp.write_text("ba de fi\n\nko lu\n")
+    from dataclasses import replace
+
+    decode = replace(decode_settings(cfg.decode, beam=3, nbest=3), max_len_a=0.0, max_len_b=0)
+    translate_file(model, tok, decode, inp, out)
+    rows = [line.split(" ||| ") for line in out.read_text().splitlines()]
+    assert [r[0] for r in rows] == ["0"] * 3 + ["1"] * 3 + ["2"] * 3
+    assert all(r[1] == "" for r in rows)
+    assert [r[2] for r in rows[3:6]] == ["0.0000"] * 3  # empty input: N empty hypotheses, score 0
+    assert float(rows[0][2]) > float("-inf") and rows[1][2] == rows[2][2] == "-inf"
+
+
+@pytest.mark.slow
+def test_translate_answers_each_line_from_a_pipe_before_the_input_ends(trained):
+    """A program that writes one line to `mtkit translate` and waits gets its translation at once
+    (stdin from a pipe or terminal is not read in 20,000-line chunks)."""
+    import subprocess
+    import sys
+    import threading
+
+    root, model, tok, cfg = trained
+    proc = subprocess.Popen([sys.executable, "-m", "mtkit", "-q", "translate", str(root / "run"), "--greedy"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    proc.stdin.write(b"ba de fi\n")
+    proc.stdin.flush()
+    reader.join(timeout=120)  # the input is still open: only an answer per line ends this wait
+    assert got, "no output line while the input was still open"
+    expected = translate_lines(model, tok, ["ba de fi", "ko lu"], decode_settings(cfg.decode, greedy=True))
+    assert got[0].decode().rstrip("\n") == expected[0][0].text
+    out, err = proc.communicate(b"\nko lu", timeout=120)  # an empty line, then a last line without newline
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split("\n") == ["", expected[1][0].text, ""]
