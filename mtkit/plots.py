@@ -84,6 +84,7 @@ def draw_attention(maps: AttentionMaps, out: Path, layer: int | None = None, hea
         ax.set_title(f"{kind}\nlayer {li}, head {hi}", fontsize=8)
         ax.set_xticks(range(len(xlabels)), xlabels, rotation=90, fontsize=7)
         ax.set_yticks(range(len(ylabels)), ylabels, fontsize=7)
+    fig.tight_layout()  # titles clear of the rotated labels above them
     return _save(fig, plt, out)
 
 
