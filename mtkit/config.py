@@ -51,6 +51,11 @@ class DataConfig:
     upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see README "Data sources")
     upsample_schedule: Optional[tuple[int, ...]] = None  # a factor per epoch instead, the last for all later ones
 
+    @property
+    def upsample_factors(self) -> tuple[int, ...]:
+        """The factor of each epoch: upsample_schedule, or upsample_factor alone (the last one repeats)."""
+        return self.upsample_schedule or (self.upsample_factor,)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerConfig:

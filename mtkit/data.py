@@ -179,15 +179,15 @@ def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int,
 def upsample_epochs(src_lens: np.ndarray, data: DataConfig, sources: Sequence[str] | None = None) -> list[np.ndarray]:
     """The rows of each epoch (upsample_index) for data.upsample_factor, or one per factor of
     data.upsample_schedule (epoch e takes the e-th, the last for all later epochs)."""
-    factors = data.upsample_schedule or (data.upsample_factor,)
-    return [upsample_index(src_lens, data.upsample_min_len, f, sources, data.upsample_pattern) for f in factors]
+    return [upsample_index(src_lens, data.upsample_min_len, f, sources, data.upsample_pattern)
+            for f in data.upsample_factors]
 
 
 def upsampling_line(data: DataConfig, pairs: int, rows: Sequence[int], unit: str = "tokens") -> str:
     """One line on what upsample_epochs did: `pairs` pairs in, `rows` rows per epoch out."""
     why = ([f">= {data.upsample_min_len} source {unit}"] if data.upsample_min_len is not None else []) + (
         [f"a source matching {data.upsample_pattern!r}"] if data.upsample_pattern is not None else [])
-    factors = data.upsample_schedule or (data.upsample_factor,)
+    factors = data.upsample_factors
     picked = max(((r - pairs) // (f - 1) for f, r in zip(factors, rows) if f > 1), default=0)
     if len(factors) == 1:
         return (f"upsampling: {picked:,} of {pairs:,} pairs ({' or '.join(why)}) count {factors[0]}"
@@ -284,7 +284,7 @@ def check_report(cfg: Config, tokenizer: Tokenizer | None) -> str:
         if name == "train":
             report, keep = _drop_counts(src, tgt, data.max_len, data.max_len_ratio)
             out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
-            if max(data.upsample_schedule or [data.upsample_factor]) > 1:  # what training will pick among the kept pairs
+            if max(data.upsample_factors) > 1:  # what training will pick among the kept pairs
                 texts = (None if data.upsample_pattern is None
                          else [s for s, k in zip(source_texts(ds), keep, strict=True) if k])
                 rows = upsample_epochs(src[keep], data, texts)

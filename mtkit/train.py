@@ -254,7 +254,7 @@ def epoch_sampler(cfg: Config, train_ds, world, device: str):
     t = cfg.train
     src_lens, tgt_lens = token_lengths(train_ds)
     d = cfg.data
-    upsampled = max(d.upsample_schedule or [d.upsample_factor]) > 1  # the config check made sure of a criterion
+    upsampled = max(d.upsample_factors) > 1  # the config check made sure of a criterion
     sources = source_texts(train_ds) if d.upsample_pattern is not None and upsampled else None
     epoch_rows = upsample_epochs(src_lens, d, sources) if upsampled else None
     if epoch_rows is not None:
