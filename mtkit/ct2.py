@@ -170,31 +170,29 @@ class CT2Engine:
 
     Args:
         path: the exported directory.
+        tokenizer: its tokenizer (ids <-> the pieces CTranslate2 takes and gives).
         device: "cpu" or "cuda".
         compute_type: CTranslate2's compute type: "default" (as exported), "int8", "float32", ...
         threads: intra-op threads on the CPU (0 = CTranslate2's default; `load_engine` gives torch's).
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", compute_type: str = "default", threads: int = 0):
+    def __init__(self, path: str | Path, tokenizer: Any, device: str = "cpu", compute_type: str = "default",
+                 threads: int = 0):
         ct2 = import_ctranslate2()
-        self.path = Path(path)
-        self.translator = ct2.Translator(str(self.path), device=device, compute_type=compute_type,
-                                         intra_threads=threads)
-        self.compute_type = compute_type
+        self.translator = ct2.Translator(str(path), device=device, compute_type=compute_type, intra_threads=threads)
+        self.src_pieces = tokenizer.pieces("src")
+        self.tgt_ids = {p: i for i, p in enumerate(tokenizer.pieces("tgt"))}
 
-    def search_ids(self, sources: list[list[int]], decode: DecodeConfig, tokenizer: Any) -> list[list[_Hyp]]:
+    def search_ids(self, sources: list[list[int]], decode: DecodeConfig) -> list[list[_Hyp]]:
         """Best `decode.nbest` hypotheses (ids without BOS/EOS, score) per source id list (no EOS)."""
+        from mtkit.search import output_limit
         from mtkit.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-        if not hasattr(self, "src_pieces"):
-            self.src_pieces, tgt = tokenizer.pieces("src"), tokenizer.pieces("tgt")
-            self.tgt_ids = {p: i for i, p in enumerate(tgt)}
-        # search.py's limit is per sentence, int(max_len_a * (pieces + EOS) + max_len_b) tokens before
-        # EOS; CTranslate2's is per call, so sentences of one limit go together (a length-sorted
-        # batch holds few distinct lengths).
+        # search.py's limit is per sentence (output_limit of the pieces + EOS), CTranslate2's per call:
+        # sentences of one limit go together (a length-sorted batch holds few distinct lengths).
         groups: dict[int, list[int]] = {}
         for k, s in enumerate(sources):
-            groups.setdefault(max(0, int(decode.max_len_a * (len(s) + 1) + decode.max_len_b)), []).append(k)
+            groups.setdefault(output_limit(len(s) + 1, decode.max_len_a, decode.max_len_b), []).append(k)  # + EOS
         out: list[list[_Hyp]] = [[] for _ in sources]
         for limit, members in groups.items():
             results = self.translator.translate_batch(
@@ -253,6 +251,6 @@ def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | t
     compute_type = COMPUTE_TYPES[decode.precision]
     import torch
 
-    engine = CT2Engine(p, "cuda" if device.startswith("cuda") else "cpu", compute_type, torch.get_num_threads())
+    engine = CT2Engine(p, tok, "cuda" if device.startswith("cuda") else "cpu", compute_type, torch.get_num_threads())
     log.info("CTranslate2 %s: %s, compute type %s", import_ctranslate2().__version__, p, compute_type)
     return engine, tok, decode, device

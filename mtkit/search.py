@@ -297,10 +297,15 @@ def _split(done: Tensor) -> tuple[list[int], list[int]]:
     return [i for i, d in enumerate(flags) if d], [i for i, d in enumerate(flags) if not d]
 
 
+def output_limit(src_len: int, a: float, b: int) -> int:
+    """A sentence's output limit int(a * src_len + b), EOS not counted; src_len counts its source
+    tokens with EOS (ct2.py gives CTranslate2 the same limits)."""
+    return max(0, int(a * src_len + b))
+
+
 def _max_lengths(src: Tensor, a: float, b: int, pad: int) -> list[int]:
-    """Per-sentence output limit int(a * src_len + b), EOS not counted; src_len counts non-pad."""
-    src_len = (src != pad).sum(dim=1).tolist()
-    return [max(0, int(a * n + b)) for n in src_len]
+    """Per-sentence output_limit; src_len counts non-pad."""
+    return [output_limit(n, a, b) for n in (src != pad).sum(dim=1).tolist()]
 
 
 def _select(cache: Any, index: Tensor, same_source: bool = False) -> Any:

@@ -126,7 +126,7 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     with torch.inference_mode():
         for batch in token_batches(keep, decode.batch_tokens):
             if search_ids is not None:
-                found = search_ids([s for _, s in batch], decode, tokenizer)
+                found = search_ids([s for _, s in batch], decode)
             else:
                 found = search(model, make_batch([s for _, s in batch])["src"].to(device), decode)
             for (i, _), hyps in zip(batch, found):

@@ -62,7 +62,7 @@ def test_exported_model_translates_exactly_as_mtkit(tmp_path, trained, norm_firs
     for how in (dict(greedy=True), dict(beam=4), dict(beam=4, nbest=2)):
         settings = replace(decode_settings(cfg.decode, **how), length_penalty=0.0)
         mine = search(model, src, settings)
-        theirs = engine.search_ids(ids, settings, tok2)
+        theirs = engine.search_ids(ids, settings)
         # At its output limit mtkit forces EOS and counts its log-probability, CTranslate2 stops
         # without it: beams that reach the limit rank differently. Every other best hypothesis
         # ends by EOS in both and must be the same, scored the same.
