@@ -36,16 +36,16 @@ def import_pyplot(quiet: bool = False):
 
 
 def _save(fig: Any, plt: Any, out: Path) -> Path:
-    """Write the figure via a temporary file renamed at the end (no half-written picture)."""
+    """Write the figure in the format its suffix names (png without one), atomically."""
+    from mtkit.runsetup import atomic_path
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format=out.suffix[1:] or "png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 

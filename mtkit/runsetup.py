@@ -9,10 +9,12 @@ in train.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,10 +234,21 @@ class Saver:
         log.debug("saved %s at step %d", last, step)
 
 
-def write_atomic(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to: renamed onto `path` when the block ends, removed
+    if it fails, so `path` is never half-written."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def restore(run: Run, cfg: Config, world, model, optimizer, scaler, sampler) -> Progress:
