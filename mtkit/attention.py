@@ -84,6 +84,7 @@ class MultiHeadAttention(nn.Module):
         # NOTE (differs from paper): dropout on the attention weights is not in the paper;
         # attention_dropout: 0 (the default) keeps the paper's model.
         self.attention_dropout = attention_dropout
+        self.w_qkv: nn.Linear | None = None  # [W^Q; W^K; W^V] (3D, D) for decoding (fuse_projections)
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, L, D) -> (B, H, L, d_k), a view."""
@@ -94,14 +95,25 @@ class MultiHeadAttention(nn.Module):
                 is_causal: bool = False) -> Tensor:
         """`query` (B, Tq, D) attends to `key_value` (B, Tk, D) -> (B, Tq, D). `attend_mask`: bool,
         broadcastable to (B, H, Tq, Tk), True = may attend; `is_causal`: query i sees keys 0..i."""
-        if query is key_value:  # self-attention: Q, K and V by one matmul with [W^Q; W^K; W^V] (3D, D)
-            w_qkv = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
-            q, k, v = F.linear(query, w_qkv).chunk(3, dim=-1)  # each (B, L, D)
-        else:  # encoder-decoder attention: K and V of the memory by one matmul with [W^K; W^V] (2D, D)
+        if query is key_value:  # self-attention
+            q, k, v = self.project_qkv(query)  # each (B, L, D)
+        else:  # encoder-decoder attention
             q = self.w_q(query)  # (B, Tq, D)
             k, v = F.linear(key_value, torch.cat([self.w_k.weight, self.w_v.weight])).chunk(2, dim=-1)  # (B, Tk, D)
         return self.attend(self.split_heads(q), self.split_heads(k), self.split_heads(v),  # (B, H, T, d_k)
                            attend_mask, is_causal)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, ...]:
+        """x (B, L, D) -> Q, K, V (B, L, D) each, by one matmul with [W^Q; W^K; W^V] (3D, D)."""
+        if self.w_qkv is not None:
+            return self.w_qkv(x).chunk(3, dim=-1)
+        return F.linear(x, torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])).chunk(3, dim=-1)
+
+    def fuse_projections(self) -> None:
+        """For decoding only: keep [W^Q; W^K; W^V] as one module instead of stacking the weights at
+        every call (a copy each time), so that quantize.py can swap it too. Training must not call
+        it: the stacked copy would go stale after the next update."""
+        self.w_qkv = stacked_linear([self.w_q, self.w_k, self.w_v])
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None = None,
                is_causal: bool = False) -> Tensor:
@@ -116,3 +128,13 @@ class MultiHeadAttention(nn.Module):
                                                  dropout_p=dropout_p)  # (B, H, Tq, d_k)
         B, _, Tq, _ = out.shape
         return self.w_o(out.transpose(1, 2).reshape(B, Tq, -1))  # Concat(head_1..head_h) W^O
+
+
+def stacked_linear(linears: list[nn.Linear]) -> nn.Linear:
+    """One bias-free Linear whose output is the given Linears' outputs side by side (a copy)."""
+    weight = torch.cat([m.weight.detach() for m in linears])  # (sum of outputs, D)
+    # skip_init: no random initialisation, which would draw from (and so change) training's RNG.
+    fused = nn.utils.skip_init(nn.Linear, weight.size(1), weight.size(0), bias=False,
+                               device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused

@@ -1,8 +1,8 @@
 """The decoder's incremental-decoding cache: per-row keys and values that beam search reorders.
 
 Holds each decoder layer's self-attention keys and values for the positions decoded so far and
-the encoder-decoder keys and values computed once per source (model.Transformer.start_cache makes
-it, decode_step fills it); `select` keeps, reorders, duplicates or drops rows as the search asks.
+the encoder-decoder keys and values computed once per source sentence (model.Transformer.start_cache
+makes it, decode_step fills it); `select` keeps, reorders, duplicates or drops rows as the search asks.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ INITIAL_CACHE = 16  # decoder self-attention cache slots allocated up front; dou
 class DecoderCache:
     """Per-row decoder state for incremental decoding; made by `Transformer.start_cache`.
 
+    Beam search decodes `beams` rows per source sentence. The rows differ in what they have decoded
+    (self-attention keys and values) but share their sentence's encoder-decoder keys and values,
+    which are kept once per sentence: the decoder attends with the K beams' queries together, so
+    the encoder memory is neither copied K times nor gathered again when beams change places.
+
     Attributes:
         length: positions decoded so far; the next token goes at position `length`.
-        self_kv: (L, 2, B, H, capacity, d_k) each decoder layer's self-attention keys [0] and
-            values [1]; slots 0..length-1 are filled.
-        cross_kv: (L, 2, B, H, S, d_k) each layer's encoder-decoder keys and values.
+        self_kv: (L, 2, B * beams, H, capacity, d_k) each decoder layer's self-attention keys [0]
+            and values [1], rows grouped by sentence; slots 0..length-1 are filled.
+        cross_kv: (L, 2, B, H, S, d_k) each layer's encoder-decoder keys and values per sentence.
         src_pad_mask: (B, S) True = padding.
         src_attend_mask: (B, 1, 1, S) True = may attend (not padding).
     """
@@ -38,8 +43,9 @@ class DecoderCache:
         self.length = 0
 
     @property
-    def batch_size(self) -> int:
-        return self.src_pad_mask.size(0)
+    def beams(self) -> int:
+        """Rows per source sentence."""
+        return self.self_kv.size(2) // self.src_pad_mask.size(0)
 
     def reserve(self, length: int) -> None:
         """Make room for `length` positions, doubling the buffer when it is full."""
@@ -50,29 +56,32 @@ class DecoderCache:
             grown[:, :, :, :, : self.length] = self.self_kv[:, :, :, :, : self.length]
             self.self_kv = grown
 
-    def select(self, index: Tensor, *, same_source: bool = False) -> None:
-        """Keep, reorder or duplicate rows (new row i = old row index[i]) of the self-attention cache,
-        the cross-attention keys and values and the source masks. Beam search uses it to expand
-        each sentence to K beams, reorder beams and drop finished sentences.
+    def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
+        """New row i = old row rows[i]; beam search reorders, expands and drops beams with it.
 
         Args:
-            index: (B',) long, rows of the current cache.
-            same_source: promise that every new row i and its old row index[i] hold the same source
-                sentence (reordering beams within each sentence); the cross-attention keys, values
-                and masks are then left as they are instead of copied, which saves a copy of
-                L*2*B*S*D numbers per step.
+            rows: (B' * beams',) long, rows of the current cache, grouped by sentence: the rows of
+                new sentence j are rows[j * beams' : (j + 1) * beams'], all taken from the rows of
+                one old sentence (the one `sentences[j]` names).
+            sentences: (B',) long, the old sentence of each new one, when sentences are dropped or
+                reordered; None keeps the sentences as they are (beams reordered or expanded within
+                each), and the encoder-decoder keys and values are not touched.
         """
-        if same_source:
+        if sentences is None and rows.numel() == self.self_kv.size(2):
             # Reordering beams: only the filled slots, in place (the gather on the right is a copy,
             # so rows may swap). On CPU only the rows whose beam changed parent are copied (most
             # keep theirs); finding them is a host sync, which would stall a GPU, so there every
             # row is gathered.
-            reorder_rows(self.self_kv, index, self.length, moved_only=index.device.type == "cpu")
+            reorder_rows(self.self_kv, rows, self.length, moved_only=rows.device.type == "cpu")
         else:
-            # Rows are dropped or duplicated too: one index_select over all layers' keys and values.
-            self.self_kv = self.self_kv.index_select(2, index)
-            self.cross_kv = self.cross_kv.index_select(2, index)
-            self.src_pad_mask = self.src_pad_mask.index_select(0, index)
+            # Rows are dropped or duplicated: one gather over all layers' keys and values, of the
+            # filled slots only (the rest of the buffer is never read before it is written).
+            kv = self.self_kv
+            self.self_kv = kv.new_empty(*kv.shape[:2], rows.numel(), *kv.shape[3:])
+            self.self_kv[:, :, :, :, : self.length] = kv[:, :, rows, :, : self.length]
+        if sentences is not None:
+            self.cross_kv = self.cross_kv.index_select(2, sentences)
+            self.src_pad_mask = self.src_pad_mask.index_select(0, sentences)
             self.src_attend_mask = attend_mask_from_padding(self.src_pad_mask)
 
 

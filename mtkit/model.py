@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtkit.attention import MultiHeadAttention, attend_mask_from_padding
+from mtkit.attention import MultiHeadAttention, attend_mask_from_padding, stacked_linear
 from mtkit.cache import DecoderCache
 from mtkit.config import ModelConfig
 from mtkit.errors import ConfigError
@@ -115,20 +115,25 @@ class DecoderLayer(nn.Module):
     def step(self, y: Tensor, self_kv: Tensor, t: int, cross_kv: Tensor, src_attend_mask: Tensor
              ) -> Tensor:
         """One new position t per row, y (B, 1, D) -> (B, 1, D). Writes its self-attention key and
-        value into slot t of `self_kv` (2, B, H, capacity, d_k); `cross_kv` is (2, B, H, S, d_k)."""
+        value into slot t of `self_kv` (2, B, H, capacity, d_k). `cross_kv` (2, B_s, H, S, d_k) and
+        `src_attend_mask` (B_s, 1, 1, S) are per source sentence, B = B_s * beams (cache.py)."""
         sa, ca = self.self_attn, self.cross_attn
+        B, B_s = y.size(0), cross_kv.size(1)
+
+        def cross_attend(h: Tensor) -> Tensor:  # h (B, 1, D)
+            # The beams of a sentence attend to its memory as `beams` queries of one row.
+            q = ca.split_heads(ca.w_q(h).view(B_s, B // B_s, -1))  # (B_s, H, beams, d_k)
+            return ca.attend(q, cross_kv[0], cross_kv[1], src_attend_mask).view(B, 1, -1)
 
         def self_attend(h: Tensor) -> Tensor:  # h (B, 1, D)
-            self_kv[0, :, :, t] = sa.w_k(h).view(-1, sa.heads, sa.d_k)  # (B, H, d_k) into slot t
-            self_kv[1, :, :, t] = sa.w_v(h).view(-1, sa.heads, sa.d_k)
+            q, k, v = sa.project_qkv(h)  # (B, 1, D) each
+            self_kv[0, :, :, t] = k.view(-1, sa.heads, sa.d_k)  # (B, H, d_k) into slot t
+            self_kv[1, :, :, t] = v.view(-1, sa.heads, sa.d_k)
             # No mask: the cache holds positions 0..t only, exactly what causality allows.
-            q = sa.split_heads(sa.w_q(h))  # (B, H, 1, d_k)
-            return sa.attend(q, self_kv[0, :, :, : t + 1], self_kv[1, :, :, : t + 1])
+            return sa.attend(sa.split_heads(q), self_kv[0, :, :, : t + 1], self_kv[1, :, :, : t + 1])
 
         y = self.self_attn_residual(y, self_attend)
-        y = self.cross_attn_residual(
-            y, lambda h: ca.attend(ca.split_heads(ca.w_q(h)), cross_kv[0], cross_kv[1], src_attend_mask)
-        )
+        y = self.cross_attn_residual(y, cross_attend)
         return self.ffn_residual(y, self.ffn)
 
 
@@ -166,6 +171,7 @@ class Transformer(nn.Module):
         # Non-persistent: the table is a pure function of (length, D), so it is not saved in
         # checkpoints, and `embed` rebuilds it longer when a longer input arrives.
         self.register_buffer("positions", sinusoidal_positions(INITIAL_POSITIONS, D), persistent=False)
+        self.cross_kv: nn.Linear | None = None  # every decoder layer's [W^K; W^V] stacked, for decoding
         self.reset_parameters()
         if cfg.tie_embeddings:
             # Section 3.4 (the paper's choice): one weight matrix for both embeddings and the
@@ -229,12 +235,28 @@ class Transformer(nn.Module):
         """
         B, S, D = memory.shape
         H, d_k, L = self.cfg.heads, D // self.cfg.heads, len(self.decoder_layers)
-        w_kv = torch.cat([w for layer in self.decoder_layers  # (L*2*D, D)
-                          for w in (layer.cross_attn.w_k.weight, layer.cross_attn.w_v.weight)])
-        cross_kv = F.linear(memory, w_kv).view(B, S, L, 2, H, d_k)  # (B, S, L, 2, H, d_k)
+        if self.cross_kv is not None:  # fused for decoding
+            cross_kv = self.cross_kv(memory)  # (B, S, L*2*D)
+        else:
+            cross_kv = F.linear(memory, torch.cat([m.weight for m in self._cross_kv_linears()]))  # W (L*2*D, D)
+        cross_kv = cross_kv.view(B, S, L, 2, H, d_k)  # (B, S, L, 2, H, d_k)
         # Contiguous (L, 2, B, H, S, d_k): each layer's K and V are then plain (B, H, S, d_k) tensors.
 
         return DecoderCache(cross_kv.permute(2, 3, 0, 4, 1, 5).contiguous(), src_pad_mask)
+
+    def _cross_kv_linears(self) -> list[nn.Linear]:
+        return [m for layer in self.decoder_layers for m in (layer.cross_attn.w_k, layer.cross_attn.w_v)]
+
+    def fuse_for_decoding(self) -> Transformer:
+        """Inference only: stack the projections that run together (Q, K and V of self-attention; all
+        layers' encoder-decoder K and V) into single Linears once, instead of stacking the weights at
+        every call, so a decoding step runs fewer and larger matmuls and quantize.py can swap every
+        matmul. Training must not use a fused model: the copies would go stale after an update.
+        The fused copies are extra modules, so the state_dict of a fused model is not a checkpoint's."""
+        for layer in [*self.encoder_layers, *self.decoder_layers]:
+            layer.self_attn.fuse_projections()
+        self.cross_kv = stacked_linear(self._cross_kv_linears())
+        return self
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """Run the decoder on one new token per row, at position `cache.length`, and advance the cache.

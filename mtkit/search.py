@@ -21,6 +21,8 @@ from mtkit.config import DecodeConfig
 from mtkit.tokenizer import BOS_ID, EOS_ID, PAD_ID  # the special ids are defined once, in tokenizer.py
 
 NEG_INF = float("-inf")
+# Finished sentences leave the batch once they are more than this fraction of it (see beam_search).
+COMPACT_AFTER = 0.25
 
 # Decisions shared by both searches (tests rely on them):
 # * Length limit: a sentence with `src_len` non-pad source tokens may emit at most
@@ -100,7 +102,9 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
             return []
         memory, src_pad_mask = model.encode(src)  # (B, S, D), (B, S)
         cache = model.start_cache(memory, src_pad_mask)
-        alive = list(range(B))  # original index of each row still decoding (host side)
+        alive = list(range(B))  # original index of each row in the batch (host side)
+        harvested = torch.zeros(B, dtype=torch.bool, device=device)  # (n,) done, awaiting compaction
+        n_harvested = 0
         limit = torch.tensor(limits, device=device)  # (n,)
         width = max(limits) + 1  # steps needed by the longest allowed output, EOS included
         out = torch.full((B, width), pad, dtype=torch.long, device=device)  # (n, W) tokens so far
@@ -117,20 +121,28 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
             log_prob += best
             out[:, t] = tok
             done_t = tok == eos  # (n,) at the limit EOS was forced, so those rows end too
+            if n_harvested:
+                done_t &= ~harvested
             if not done_t.any():  # the one host-device sync per step
                 continue
             # Harvest finished rows: these syncs and loops run only on steps where rows finish.
-            fin, keep = _split(done_t)
+            fin, _ = _split(done_t)
             for i, tk, lp in zip(fin, out[fin, :t].tolist(), log_prob[fin].tolist(), strict=True):
                 results[alive[i]] = Hypothesis(tokens=tk, score=lp, log_prob=lp)
-            if not keep:
+            harvested |= done_t
+            n_harvested += len(fin)
+            if n_harvested == len(alive):
                 break
-            # Drop finished rows so that long sentences do not drag short ones through the model.
-            k = torch.tensor(keep, device=device)
-            alive = [alive[i] for i in keep]
-            min_limit = min(limits[i] for i in alive)
-            limit, out, log_prob, tok = limit[k], out[k], log_prob[k], tok[k]
-            cache = _select(cache, k)
+            # Drop finished rows so that long sentences do not drag short ones through the model,
+            # once they are more than COMPACT_AFTER of the batch (as in beam_search).
+            if n_harvested > COMPACT_AFTER * len(alive):
+                keep = [i for i, h in enumerate(harvested.tolist()) if not h]
+                k = torch.tensor(keep, device=device)
+                alive = [alive[i] for i in keep]
+                min_limit = min(limits[i] for i in alive)
+                limit, out, log_prob, tok, harvested = limit[k], out[k], log_prob[k], tok[k], harvested[k]
+                n_harvested = 0
+                cache = _select(cache, k, k)
     assert all(r is not None for r in results), "every row ends at EOS or its length limit"
     return results  # type: ignore[return-value]
 
@@ -186,9 +198,12 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
         if B == 0:
             return results
         memory, src_pad_mask = model.encode(src)  # (B, S, D), (B, S)
-        cache = model.start_cache(memory, src_pad_mask)  # cross-attention K/V computed once ...
-        cache = _select(cache, torch.arange(B, device=device).repeat_interleave(K))  # ... copied to K rows
-        alive = list(range(B))  # original index of each sentence still decoding (host side)
+        # One row per sentence at step 0 (its K beams would all be BOS); the rows are copied to K
+        # beams when the first step's choices reorder the cache.
+        cache = model.start_cache(memory, src_pad_mask)  # cross-attention K/V computed once
+        alive = list(range(B))  # original index of each sentence in the batch (host side)
+        harvested = torch.zeros(B, dtype=torch.bool, device=device)  # (n,) done, awaiting compaction
+        n_harvested = 0
         limit = torch.tensor(limits, device=device)  # (n,)
         lp_max = _gnmt(limit + 1, alpha)  # (n,) penalty at the longest final length, for the bound
         W = max(limits) + 1  # steps needed by the longest allowed output, EOS included
@@ -199,18 +214,20 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
         fin_logp = torch.full((B, N), NEG_INF, device=device)  # (n, N)
         fin_len = torch.zeros(B, N, dtype=torch.long, device=device)  # (n, N) tokens without EOS
         fin_tok = torch.full((B, N, W), pad, dtype=torch.long, device=device)  # (n, N, W)
-        tok = torch.full((B * K,), bos, dtype=torch.long, device=device)  # (n*K,) newest tokens
+        tok = torch.full((B,), bos, dtype=torch.long, device=device)  # (n*K,) newest tokens; (n,) at step 0
         masks = _Masks(pad, bos, eos, device)
         min_limit = min(limits)  # smallest limit among sentences still decoding (host side)
         for t in range(W):
             n = len(alive)
             # EOS forcing only once some sentence may be at its limit (host-known: no sync).
             at_limit = limit <= t if t >= min_limit else None
-            force = at_limit.repeat_interleave(K) if at_limit is not None else None
-            lprobs = masks.apply(model.decode_step(tok, cache), force)  # (n*K, V)
+            force = at_limit.repeat_interleave(K) if at_limit is not None and t > 0 else at_limit
+            lprobs = masks.apply(model.decode_step(tok, cache), force)  # (n*K, V); (n, V) at step 0
             V = lprobs.size(-1)
-            # In place on our own log-softmax output: saves allocating another (n, K, V) tensor.
-            cand = lprobs.view(n, K, V).add_(scores.unsqueeze(2)).view(n, K * V)  # (n, K*V) sums
+            if t == 0:  # one row per sentence, broadcast to its K beams (all but beam 0 at -inf)
+                cand = (lprobs.unsqueeze(1) + scores.unsqueeze(2)).view(n, K * V)
+            else:  # in place on our own log-softmax output: saves allocating another (n, K, V) tensor
+                cand = lprobs.view(n, K, V).add_(scores.unsqueeze(2)).view(n, K * V)  # (n, K*V) sums
             top_lp, top_idx = cand.topk(2 * K, dim=1)  # (n, 2K), best first
             beam, word = top_idx // V, top_idx % V  # (n, 2K) parent beam and new token
             is_eos = word == eos  # (n, 2K)
@@ -238,27 +255,36 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
             done_t = fin_score[:, N - 1] >= bound
             if at_limit is not None:
                 done_t |= at_limit
-            rows = torch.arange(n, device=device).unsqueeze(1) * K + parent  # (n, K) cache rows
-            same_source = True
+            if n_harvested:
+                done_t &= ~harvested
+            # (n, K) cache rows: beam `parent` of each sentence; at step 0 its one row.
+            rows = torch.arange(n, device=device).unsqueeze(1) * (K if t > 0 else 1) + parent * (t > 0)
+            sentences = None  # every sentence stays in the batch (step 0 copies its row to K beams)
             if done_t.any():  # the one host-device sync per step
                 # Harvest: these syncs and loops run only on steps where sentences finish.
-                fin, keep = _split(done_t)
+                fin, _ = _split(done_t)
                 _harvest(results, [alive[i] for i in fin], fin_score[fin], fin_logp[fin],
                          fin_len[fin], fin_tok[fin])
-                if not keep:
+                harvested |= done_t
+                n_harvested += len(fin)
+                if n_harvested == n:
                     break
-                # Drop finished sentences so that long sentences do not drag short ones along.
-                k = torch.tensor(keep, device=device)
-                alive = [alive[i] for i in keep]
-                min_limit = min(limits[i] for i in alive)
-                limit, lp_max, rows, word, scores, hist = (
-                    x[k] for x in (limit, lp_max, rows, word, scores, hist))
-                fin_score, fin_logp, fin_len, fin_tok = (x[k] for x in (fin_score, fin_logp, fin_len, fin_tok))
-                same_source = False
-            # Reordering beams within their sentences leaves the cross-attention K/V in place
-            # (same_source saves copying L*2*n*K*S*D numbers a step); a step that drops sentences
-            # does one full gather that reorders and drops at once.
-            cache = _select(cache, rows.reshape(-1), same_source)
+                # Drop finished sentences so that long sentences do not drag short ones along, but
+                # only once they are more than COMPACT_AFTER of the batch: until then decoding a few
+                # finished rows costs less than copying every cache row each time one finishes.
+                if n_harvested > COMPACT_AFTER * n:
+                    keep = [i for i, h in enumerate(harvested.tolist()) if not h]
+                    k = torch.tensor(keep, device=device)
+                    alive = [alive[i] for i in keep]
+                    min_limit = min(limits[i] for i in alive)
+                    limit, lp_max, rows, word, scores, hist = (
+                        x[k] for x in (limit, lp_max, rows, word, scores, hist))
+                    fin_score, fin_logp, fin_len, fin_tok = (x[k] for x in (fin_score, fin_logp, fin_len, fin_tok))
+                    harvested, n_harvested = harvested[k], 0
+                    sentences = k
+            # Beams reordered within their sentences leave the cross-attention K/V in place (the
+            # cache keeps them per sentence); a step that drops sentences also drops theirs.
+            cache = _select(cache, rows.reshape(-1), sentences)
             tok = word.reshape(-1)
     return results
 
@@ -308,13 +334,10 @@ def _max_lengths(src: Tensor, a: float, b: int, pad: int) -> list[int]:
     return [output_limit(n, a, b) for n in (src != pad).sum(dim=1).tolist()]
 
 
-def _select(cache: Any, index: Tensor, same_source: bool = False) -> Any:
-    """cache.select(index), whether it works in place (returns None) or returns a new cache.
-
-    `same_source=True` promises that row i and old row index[i] hold the same source sentence, so
-    the cache may keep its cross-attention keys and values (cache.DecoderCache.select).
-    """
-    new = cache.select(index, same_source=True) if same_source else cache.select(index)
+def _select(cache: Any, rows: Tensor, sentences: Tensor | None = None) -> Any:
+    """cache.select(rows, sentences), whether it works in place (returns None) or returns a new
+    cache. `sentences` None: every sentence stays (cache.DecoderCache.select)."""
+    new = cache.select(rows, sentences)
     return cache if new is None else new
 
 

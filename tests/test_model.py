@@ -43,7 +43,7 @@ def test_shapes():
     assert memory.shape == (3, 5, 16) and src_pad_mask.shape == (3, 5)
     assert src_pad_mask.dtype == torch.bool and not src_pad_mask.any()
     cache = model.start_cache(memory, src_pad_mask)
-    assert cache.length == 0 and cache.batch_size == 3
+    assert cache.length == 0 and cache.beams == 1 and cache.self_kv.size(2) == 3
     assert model.decode_step(tgt[:, 0], cache).shape == (3, V)
     assert cache.length == 1
 
@@ -214,42 +214,37 @@ def test_decode_step_equals_forward(norm_first):
     assert close(steps, expected)
 
 
-def test_cache_select_reorders_duplicates_and_drops_rows():
+def test_cache_select_reorders_expands_and_drops_rows():
     model = tiny()
-    src, tgt = tokens(2, 5), tokens(2, 6, seed=2)
+    src = tokens(2, 5)
     src[1, 3:] = 0
+    seqs = tokens(4, 8, seed=2)  # a different target prefix for each row that exists at some point
     with torch.no_grad():
+        def check(row_src: list[int], row_seq: list[int], t: int):
+            """decode_step at position t equals the teacher-forced forward of each row's history."""
+            step = model.decode_step(seqs[row_seq, t], cache)
+            assert close(step, model(src[row_src], seqs[row_seq, : t + 1])[:, t])
+
         cache = model.start_cache(*model.encode(src))
         for t in range(3):
-            model.decode_step(tgt[:, t], cache)
-        cache.select(torch.tensor([1, 0]))  # swap the two rows
-        swapped = model.decode_step(tgt[[1, 0], 3], cache)
-        expected = model(src[[1, 0]], tgt[[1, 0], :4])[:, 3]
-        assert close(swapped, expected)
-        assert cache.src_pad_mask[0, 3:].all()  # row 0 now holds sentence 1
-
-        cache.select(torch.tensor([1, 1, 0]))  # expand sentence 0 to two rows, keep sentence 1
-        order = [0, 0, 1]
-        step = model.decode_step(tgt[order, 4], cache)
-        assert close(step, model(src[order], tgt[order, :5])[:, 4])
-
-        cache.select(torch.tensor([2]))  # drop sentence 0
-        step = model.decode_step(tgt[1:, 5], cache)
-        assert close(step, model(src[1:], tgt[1:])[:, 5])
-
-
-def test_cache_select_same_source_skips_memory():
-    model = tiny()
-    src, tgt = tokens(1, 5), tokens(2, 3, seed=2)
-    with torch.no_grad():
-        cache = model.start_cache(*model.encode(src.expand(2, 5)))  # two beams of one sentence
-        for t in range(2):
-            model.decode_step(tgt[:, t], cache)
+            check([0, 1], [0, 1], t)
+        cache.select(torch.tensor([1, 0]), torch.tensor([1, 0]))  # swap the two sentences
+        assert cache.src_pad_mask[0, 3:].all()  # sentence 0 is now the padded one
+        check([1, 0], [1, 0], 3)
+        # Two beams per sentence: the rows are copied, the memory is not.
         cross_kv = cache.cross_kv
-        cache.select(torch.tensor([1, 1]), same_source=True)
+        cache.select(torch.tensor([0, 0, 1, 1]))
+        assert cache.cross_kv is cross_kv and cache.beams == 2
+        seqs[2, :4], seqs[3, :4] = seqs[1, :4].clone(), seqs[0, :4].clone()  # beams share their parents' histories
+        check([1, 1, 0, 0], [1, 2, 0, 3], 4)
+        cache.select(torch.tensor([1, 1, 3, 2]))  # reorder and duplicate beams within each sentence
         assert cache.cross_kv is cross_kv
-        step = model.decode_step(tgt[[1, 1], 2], cache)
-        assert close(step, model(src.expand(2, 5), tgt[[1, 1]])[:, 2])
+        seqs[1, :5] = seqs[2, :5]
+        seqs[0, :5], seqs[3, :5] = seqs[3, :5].clone(), seqs[0, :5].clone()
+        check([1, 1, 0, 0], [1, 2, 0, 3], 5)
+        cache.select(torch.tensor([2, 3]), torch.tensor([1]))  # drop sentence 0 (src row 1)
+        assert cache.cross_kv.size(2) == 1 and cache.beams == 2
+        check([0, 0], [0, 3], 6)
 
 
 def test_beam_reorder_copies_rows_in_place_either_way():
@@ -265,10 +260,11 @@ def test_beam_reorder_copies_rows_in_place_either_way():
     model = tiny()
     src, tgt = tokens(1, 5), tokens(3, 4, seed=3)
     with torch.no_grad():  # three beams of one sentence, reordered as beam search does
-        cache = model.start_cache(*model.encode(src.expand(3, 5)))
+        cache = model.start_cache(*model.encode(src))
+        cache.select(torch.tensor([0, 0, 0]))
         for t in range(3):
             model.decode_step(tgt[:, t], cache)
-        cache.select(torch.tensor([2, 0, 0]), same_source=True)
+        cache.select(torch.tensor([2, 0, 0]))
         step = model.decode_step(tgt[[2, 0, 0], 3], cache)
         assert close(step, model(src.expand(3, 5), tgt[[2, 0, 0]])[:, 3])
 

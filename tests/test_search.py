@@ -23,20 +23,29 @@ log = math.log
 
 
 class ScriptedCache:
-    """Per row: which table (the source's first token) and every token fed so far."""
+    """Per sentence: which table (the source's first token); per row: every token fed so far."""
 
     def __init__(self, key: torch.Tensor):
-        self.key = key  # (B,)
-        self.fed = torch.zeros(len(key), 0, dtype=torch.long)  # (B, t)
+        self.key = key  # (B,) one per sentence
+        self.fed = torch.zeros(len(key), 0, dtype=torch.long)  # (B * beams, t)
 
     @property
     def length(self) -> int:
         return self.fed.size(1)
 
-    def select(self, index: torch.Tensor, *, same_source: bool = False) -> None:
-        if same_source:  # the promise search makes: every row keeps its sentence
-            assert torch.equal(self.key[index], self.key)
-        self.key, self.fed = self.key[index], self.fed[index]
+    def row_keys(self) -> torch.Tensor:  # (B * beams,) each row's sentence's key
+        return self.key.repeat_interleave(len(self.fed) // len(self.key))
+
+    def select(self, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
+        # The contract search promises (cache.DecoderCache.select): the rows of each new sentence
+        # come from the rows of the one old sentence `sentences` names (the same one when None).
+        old_beams = len(self.fed) // len(self.key)
+        groups = (rows // old_beams).view(len(self.key) if sentences is None else len(sentences), -1)
+        named = torch.arange(len(self.key)) if sentences is None else sentences
+        assert torch.equal(groups, named[:, None].expand_as(groups)), "rows must stay with their sentence"
+        self.fed = self.fed[rows]
+        if sentences is not None:
+            self.key = self.key[sentences]
 
 
 class ScriptedModel:
@@ -54,11 +63,11 @@ class ScriptedModel:
         return ScriptedCache(memory[:, 0, 0].long())
 
     def decode_step(self, tokens, cache):
-        assert tokens.dim() == 1 and len(tokens) == len(cache.key), "one newest token per row"
+        assert tokens.dim() == 1 and len(tokens) == len(cache.fed), "one newest token per row"
         cache.fed = torch.cat([cache.fed, tokens[:, None]], dim=1)
         self.rows_per_step.append(len(tokens))
         rows = []
-        for key, fed in zip(cache.key.tolist(), cache.fed.tolist(), strict=True):
+        for key, fed in zip(cache.row_keys().tolist(), cache.fed.tolist(), strict=True):
             # (Rows of dead beams, log-prob -inf when fewer than K extensions are possible, may
             # hold anything, EOS included; they never reach the output.)
             assert fed[0] == BOS
@@ -189,7 +198,7 @@ def test_early_finished_hypothesis_is_kept_and_search_stops_when_it_cannot_lose(
     model = ScriptedModel()
     [best] = beam(batch([EOS_KEPT]), model=model)[0]
     check(best, [], log(0.4))
-    assert model.rows_per_step == [2, 2, 2] and model.encode_calls == 1
+    assert model.rows_per_step == [1, 2, 2] and model.encode_calls == 1  # step 0: one row per sentence
 
 
 def test_max_length_limit_and_forced_eos():
@@ -212,10 +221,34 @@ def test_finished_sentences_leave_the_batch():
     model = ScriptedModel()
     greedy(batch([GREEDY_TRAP], [LIMIT]), b=4, model=model)
     assert model.rows_per_step == [2, 2, 2, 1, 1]
-    # Beam 2: EOS_KEPT stops after 3 steps; LIMIT runs to its limit (5 steps); rows = sentences * K.
+    # Beam 2: EOS_KEPT stops after 3 steps; LIMIT runs to its limit (5 steps); rows = sentences * K
+    # after step 0, which runs one row per sentence.
     model = ScriptedModel()
     beam(batch([EOS_KEPT], [LIMIT]), b=4, model=model)
-    assert model.rows_per_step == [4, 4, 4, 2, 2]
+    assert model.rows_per_step == [2, 4, 4, 2, 2]
+
+
+def test_finished_sentences_leave_the_batch_once_over_a_quarter_of_it():
+    # Beam 2, five sentences: EOS_KEPT stops after 3 steps, the four LIMIT ones after 5. One
+    # finished of five (20%) stays in the batch; its results are the same as alone.
+    model = ScriptedModel()
+    src = batch([EOS_KEPT], [LIMIT], [LIMIT], [LIMIT], [LIMIT])
+    together = beam(src, b=4, nbest=2, model=model)
+    assert model.rows_per_step == [5, 10, 10, 10, 10]
+    alone = [beam(src[i: i + 1], b=4, nbest=2)[0] for i in range(5)]
+    assert together == alone
+    # Two finished of five (40%) leave: EOS_KEPT twice.
+    model = ScriptedModel()
+    beam(batch([EOS_KEPT], [EOS_KEPT], [LIMIT], [LIMIT], [LIMIT]), b=4, model=model)
+    assert model.rows_per_step == [5, 10, 10, 6, 6]
+    # Greedy, the same rule: GREEDY_TRAP ends after 3 steps, LIMIT after 5.
+    model = ScriptedModel()
+    src = batch([GREEDY_TRAP], [LIMIT], [LIMIT], [LIMIT], [LIMIT])
+    assert greedy(src, b=4, model=model) == [greedy(src[i: i + 1], b=4)[0] for i in range(5)]
+    assert model.rows_per_step == [5, 5, 5, 5, 5]
+    model = ScriptedModel()
+    greedy(batch([GREEDY_TRAP], [GREEDY_TRAP], [LIMIT], [LIMIT], [LIMIT]), b=4, model=model)
+    assert model.rows_per_step == [5, 5, 5, 3, 3]
 
 
 def test_scripted_batch_independence():
@@ -245,20 +278,20 @@ VOCAB = 13
 
 
 class TinyCache:
-    """Self-attention keys/values grown per step, cross-attention keys/values fixed."""
+    """Self-attention keys/values grown per step (per row), cross-attention ones fixed (per sentence)."""
 
     def __init__(self, mem_k, mem_v, src_pad_mask):
         self.mem_k, self.mem_v, self.mask = mem_k, mem_v, src_pad_mask  # (B, S, D) x2, (B, S)
-        self.k = self.v = mem_k[:, :0]  # (B, t, D)
+        self.k = self.v = mem_k[:, :0]  # (B * beams, t, D)
 
     @property
     def length(self) -> int:
         return self.k.size(1)
 
-    def select(self, index, *, same_source=False):
-        self.k, self.v = self.k[index], self.v[index]
-        if not same_source:
-            self.mem_k, self.mem_v, self.mask = self.mem_k[index], self.mem_v[index], self.mask[index]
+    def select(self, rows, sentences=None):
+        self.k, self.v = self.k[rows], self.v[rows]
+        if sentences is not None:
+            self.mem_k, self.mem_v, self.mask = self.mem_k[sentences], self.mem_v[sentences], self.mask[sentences]
 
 
 class TinyTransformer(nn.Module):
@@ -287,8 +320,9 @@ class TinyTransformer(nn.Module):
         q, k, v = self.dec_qkv(x)[:, None].chunk(3, dim=-1)  # (B', 1, D) each
         cache.k, cache.v = torch.cat([cache.k, k], 1), torch.cat([cache.v, v], 1)
         h = x + F.scaled_dot_product_attention(q, cache.k, cache.v)[:, 0]
-        c = F.scaled_dot_product_attention(self.cross_q(h)[:, None], cache.mem_k, cache.mem_v,
-                                           attn_mask=~cache.mask[:, None, :])[:, 0]
+        beams = len(tokens) // len(cache.mask)
+        mem_k, mem_v, mask = (x.repeat_interleave(beams, 0) for x in (cache.mem_k, cache.mem_v, cache.mask))
+        c = F.scaled_dot_product_attention(self.cross_q(h)[:, None], mem_k, mem_v, attn_mask=~mask[:, None, :])[:, 0]
         return self.out(torch.tanh(h + c))  # (B', V)
 
 
