@@ -2,13 +2,13 @@
 
 usage: python bench/decode_speed.py MODEL --src data/ding-de-en/test.de [--beams 1 5] [--threads 2]
                                     [--batch-tokens 4096 | --batch-sents 32] [--ref data/ding-de-en/test.en]
-                                    [--precision fp32|bf16|auto] [--engine torch|ctranslate2]
+                                    [--precision fp32|bf16|int8|auto] [--engine torch|ctranslate2]
 
 --engine ctranslate2 times `mtkit translate --engine ctranslate2`: MODEL is an `mtkit export`
 directory (or a checkpoint, exported to float32 on the fly); --precision fp32/bf16 are its
 compute types float32/bfloat16, auto keeps the exported type (e.g. int8).
 
-Batches: mtkit's own (--batch-tokens: length-sorted, at most N padded source tokens each), or
+Batches: mtkit's own (--batch-tokens: length-sorted, at most N padded source tokens x beam size each), or
 --batch-sents N as OpenNMT-py and CTranslate2 batch: the sentences sorted by length and cut into
 batches of N sentences.
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--batch-sents", type=int, default=None, help="batches of N length-sorted sentences instead")
     ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
-    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32", help="decode.precision")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="fp32", help="decode.precision")
     ap.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
     args = ap.parse_args()
 
@@ -57,8 +57,9 @@ def main() -> None:
         what = f"CTranslate2 compute type {model.translator.compute_type}"
     else:
         model, tok, cfg = load_model(args.model, "cpu")
+        params = model.num_parameters()  # before casting: fused copies and int8 buffers are not parameters
         model, args.precision = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
-        base_decode, what = cfg.decode, f"{model.num_parameters():,} parameters, {args.precision}"
+        base_decode, what = cfg.decode, f"{params:,} parameters, {args.precision}"
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()

@@ -117,8 +117,8 @@ class DecodeConfig:
     max_len_b: int = 10
     nbest: int = 1  # hypotheses returned per sentence (<= beam_size)
     stopping: Literal["early", "exact"] = "early"  # when a beam-search sentence stops (see search.py)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # weights while translating; auto = bf16 where native
-    batch_tokens: int = 4096  # padded source tokens per decoding batch
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # matmuls while translating (translate.cast_for_decoding)
+    batch_tokens: int = 4096  # padded source tokens x beam_size per decoding batch (memory grows with both)
     max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
 
 

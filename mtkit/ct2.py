@@ -218,7 +218,7 @@ class CT2Engine:
 
 
 # decode.precision -> CTranslate2's compute type; auto keeps what the model was exported as.
-COMPUTE_TYPES = {"auto": "default", "fp32": "float32", "bf16": "bfloat16"}
+COMPUTE_TYPES = {"auto": "default", "fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 
 
 def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | tuple[str, ...] = (), **flags: Any):

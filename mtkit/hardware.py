@@ -114,6 +114,31 @@ def resolve_precision(requested: str, device: str, key: str = "train.precision",
     return "bf16", f"{key} bf16 as asked ({why})"
 
 
+def resolve_decode_precision(requested: str, device: str) -> tuple[str, str]:
+    """decode.precision to run with, and why: int8 (CPUs only) as asked, or what auto picks on a CPU
+    where 8-bit matmuls are at least INT8_MIN_SPEEDUP x as fast as fp32 (timed here: quantize.py);
+    otherwise as resolve_precision (auto: bf16 where native, else fp32).
+
+    On the Ding model int8 and bf16 each stayed within 0.2 BLEU of fp32 on dev (BENCHMARKS.md).
+    """
+    if requested == "int8" and not device.startswith("cpu"):
+        from mtkit.errors import ConfigError
+
+        raise ConfigError(f"decode.precision: int8 runs on CPUs only (device {device}); use auto, bf16 or fp32")
+    if requested == "auto" and device.startswith("cpu"):
+        from mtkit.quantize import int8_speedup
+
+        speedup = int8_speedup()
+        if speedup >= INT8_MIN_SPEEDUP:
+            return "int8", f"decode.precision auto -> int8: 8-bit matmuls run {speedup:.1f}x as fast as fp32 here"
+        precision, why = resolve_precision("auto", device, "decode.precision")
+        return precision, f"{why}; not int8: 8-bit matmuls run {speedup:.1f}x as fast as fp32 here"
+    return resolve_precision(requested, device, "decode.precision")
+
+
+INT8_MIN_SPEEDUP = 1.3  # int8 rounds every matmul; it is worth it only where it is clearly faster
+
+
 def matmul_flops(dtype, seconds: float = 0.1, max_n: int = 2048, device: str = "cpu") -> tuple[float, int]:
     """(FLOP/s, n) of an n x n x n matmul in `dtype`, in about `seconds` whatever the dtype costs.
 
@@ -188,7 +213,8 @@ def machine_report() -> dict[str, Any]:
         "cpu_native_bf16_why": cpu_why,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "auto_precision_cpu": "bf16" if cpu_bf16 else "fp32",
+        "auto_precision_cpu": "bf16" if cpu_bf16 else "fp32",  # train.precision auto
+        "auto_decode_precision_cpu": resolve_decode_precision("auto", "cpu")[0],
         "gpus": [],
     }
     if torch.cuda.is_available():

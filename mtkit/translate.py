@@ -83,16 +83,31 @@ def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: l
 
 
 def cast_for_decoding(model, precision: str, device: str = "cpu"):
-    """Apply decode.precision: bf16 (asked for, or what auto picks where `device` computes bf16
-    natively) turns the weights to bf16, so the matmuls run on the CPU's bf16 units (or a GPU's
-    tensor cores); search keeps its log-softmax and scores in fp32. Returns (model, precision)."""
+    """decode.precision resolved for `device` (auto: hardware.resolve_decode_precision, logged) and
+    the model prepared for it (prepare_for_decoding). Returns (model, precision run)."""
+    from mtkit.hardware import resolve_decode_precision
+
+    precision, why = resolve_decode_precision(precision, device)
+    log.info("%s", why)
+    return prepare_for_decoding(model, precision), precision
+
+
+def prepare_for_decoding(model, precision: str):
+    """A loaded model made ready to decode in `precision` (fp32, bf16 or int8; resolved, not auto).
+
+    The projections are fused (model.fuse_for_decoding) whatever the precision. bf16 turns the
+    weights to bf16, so the matmuls run on the CPU's bf16 units (or a GPU's tensor cores); int8
+    runs every Linear in 8-bit integers (quantize.py, CPUs only). Search keeps its log-softmax and
+    scores in fp32 throughout. The model must not be trained afterwards.
+    """
     import torch
 
-    from mtkit.hardware import resolve_precision
+    model.fuse_for_decoding()
+    if precision == "int8":
+        from mtkit.quantize import quantize_linears
 
-    precision, why = resolve_precision(precision, device, "decode.precision")
-    log.info("%s", why)
-    return (model.to(torch.bfloat16) if precision == "bf16" else model), precision
+        return quantize_linears(model)
+    return model.to(torch.bfloat16) if precision == "bf16" else model
 
 
 def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, device: str = "cpu",
@@ -124,7 +139,8 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     keep.sort(key=lambda item: -len(item[1]))
     search_ids = getattr(model, "search_ids", None)  # an exported model's engine (ct2.py) takes the ids itself
     with torch.inference_mode():
-        for batch in token_batches(keep, decode.batch_tokens):
+        # decode.batch_tokens counts the rows beam search decodes: beam_size per sentence.
+        for batch in token_batches(keep, max(1, decode.batch_tokens // decode.beam_size)):
             if search_ids is not None:
                 found = search_ids([s for _, s in batch], decode)
             else:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from mtkit.config import Config
-from mtkit.hardware import resolve_precision
+from mtkit.hardware import resolve_decode_precision
 
 log = logging.getLogger("mtkit")
 
@@ -36,7 +36,7 @@ class Validator:
         self.ref_texts: list[str] = list(valid_ds["tgt"])
         # Validation BLEU is greedy (cheap and stable), decoded in decode.precision as `mtkit
         # evaluate --greedy` does on this machine, so that it reproduces the logged BLEU.
-        precision, why = resolve_precision(cfg.decode.precision, device, "decode.precision")
+        precision, why = resolve_decode_precision(cfg.decode.precision, device)
         log.info("validation decodes with %s", why)
         self.decode = replace(cfg.decode, beam_size=1, nbest=1, precision=precision)
         src_ids, tgt_ids = valid_ds["src_ids"], valid_ds["tgt_ids"]
@@ -70,7 +70,7 @@ class Validator:
                 loss_sum += float(loss)
                 nll_sum += float(nll)
                 tokens += int((target != PAD_ID).sum())
-        decoder = self.bf16_copy(model) if self.decode.precision == "bf16" else model
+        decoder = self.decoding_copy(model) if self.decode.precision != "fp32" else model
         hyps = [ts[0].text for ts in translate_lines(decoder, self.tokenizer, self.src_texts, self.decode, self.device)]
         del decoder
         scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
@@ -86,19 +86,21 @@ class Validator:
             "seconds": time.monotonic() - t0,
         }
 
-    def bf16_copy(self, model):
-        """The weights in bf16 for decoding, built as `mtkit evaluate` builds them from best.pt (a new
-        model, the state dict loaded, cast); the training model stays fp32 and untouched."""
+    def decoding_copy(self, model):
+        """The model prepared for decode.precision as `mtkit evaluate` prepares best.pt (a new model,
+        the state dict loaded, translate.prepare_for_decoding); the training model stays fp32 and
+        untouched. (fp32 needs no copy: fused and unfused fp32 projections multiply the same matrices.)"""
         import torch
 
         from mtkit.model import Transformer
         from mtkit.tokenizer import PAD_ID
+        from mtkit.translate import prepare_for_decoding
 
         with torch.random.fork_rng(devices=[]):  # its throw-away initialisation leaves training's random stream alone
             copy = Transformer(self.model_cfg, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size,
                                pad_id=PAD_ID)
         copy.load_state_dict(model.state_dict())
-        return copy.to(self.device).eval().to(torch.bfloat16)
+        return prepare_for_decoding(copy.to(self.device).eval(), self.decode.precision)
 
     def run_and_track(self, model, progress, metrics) -> bool:
         """Validate, log, and update progress.best_bleu / bad_validations; True when BLEU improved."""

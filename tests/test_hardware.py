@@ -161,15 +161,17 @@ def test_training_says_which_precision_auto_chose_and_why(tmp_path, cpu_bf16, ca
     assert start["event"] == "start" and start["precision"] == expected
 
 
-def test_validation_in_bf16_is_what_evaluate_reproduces(tmp_path):
-    """decode.precision bf16 (what auto picks on a bf16 CPU): validation decodes a bf16 copy of the
-    weights, so `mtkit evaluate best.pt --greedy` gives the logged BLEU exactly."""
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_validation_in_bf16_or_int8_is_what_evaluate_reproduces(tmp_path, precision):
+    """decode.precision bf16 or int8 (what auto may pick on a CPU): validation decodes a copy of the
+    weights prepared as evaluate prepares them, so `mtkit evaluate best.pt --greedy` gives the
+    logged BLEU exactly."""
     from typer.testing import CliRunner
 
     from mtkit.cli import app
     from mtkit.train import train
 
-    train(tiny_config(tmp_path, extra=["decode.precision=bf16", "train.max_steps=20"]))
+    train(tiny_config(tmp_path, extra=[f"decode.precision={precision}", "train.max_steps=60", "train.eval_every=20"]))
     valids = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     best = max((e for e in valids if e["event"] == "valid"), key=lambda e: e["bleu"])
     src, ref = tmp_path / "dev20.src", tmp_path / "dev20.tgt"
@@ -208,22 +210,36 @@ def test_info_reports_versions_and_what_auto_picks(cpu_bf16):
     assert r.exit_code == 0 and "cpu_native_bf16:      no" in r.stdout and "gpus:                 none" in r.stdout
 
 
-def test_validations_bf16_copy_is_the_weights_cast_and_leaves_the_random_stream_alone():
-    from mtkit.config import ModelConfig
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_validations_decoding_copy_is_evaluates_model_and_leaves_the_random_stream_alone(precision):
+    from dataclasses import replace
+
+    from mtkit.config import DecodeConfig, ModelConfig
     from mtkit.model import Transformer
+    from mtkit.search import search
     from mtkit.tokenizer import PAD_ID
+    from mtkit.translate import prepare_for_decoding
     from mtkit.validate import Validator
 
     class Tok:
         src_vocab_size = tgt_vocab_size = 20
 
-    v = Validator.__new__(Validator)  # only what bf16_copy reads
+    v = Validator.__new__(Validator)  # only what decoding_copy reads
     v.model_cfg = ModelConfig(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1)
     v.tokenizer, v.device = Tok(), "cpu"
+    v.decode = replace(DecodeConfig(), precision=precision, beam_size=1)
     model = Transformer(v.model_cfg, 20, 20, pad_id=PAD_ID)
+    state = {k: t.clone() for k, t in model.state_dict().items()}
     before = torch.get_rng_state()
-    copy = v.bf16_copy(model)
+    copy = v.decoding_copy(model)
     assert torch.equal(torch.get_rng_state(), before)  # training's dropout masks do not shift
-    assert not copy.training and all(p.dtype == torch.bfloat16 for p in copy.parameters())
-    assert all(torch.equal(a.detach().to(torch.bfloat16), b) for a, b in zip(model.parameters(), copy.parameters()))
-    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not copy.training
+    assert all(torch.equal(state[k], t) and t.dtype == torch.float32 for k, t in model.state_dict().items())
+    # The copy decodes as `mtkit evaluate` would with the checkpoint: a fresh model prepared alike.
+    fresh = Transformer(v.model_cfg, 20, 20, pad_id=PAD_ID)
+    fresh.load_state_dict(state)
+    fresh = prepare_for_decoding(fresh.eval(), precision)
+    src = torch.randint(4, 20, (6, 7))
+    assert search(copy, src, v.decode) == search(fresh, src, v.decode)
+    if precision == "bf16":
+        assert copy.decoder_layers[0].ffn.w_1.weight.dtype == torch.bfloat16
