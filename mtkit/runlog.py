@@ -131,6 +131,30 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+def drop_metrics_after(path: Path, step: int) -> int:
+    """On resume: remove the events of updates after `step` (the checkpoint's), which the resumed
+    run replays, and any torn line a kill left; returns how many were dropped. Plots and tables
+    then never count a step twice."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        from mtkit.runsetup import write_atomic
+
+        write_atomic(path, "".join(line + "\n" for line in kept))
+    return dropped
+
+
 def format_seconds(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)

@@ -26,6 +26,7 @@ from mtkit.runlog import (
     MetricsWriter,
     add_log_file,
     close_progress_bar,
+    drop_metrics_after,
     format_seconds,
     progress_bar,
     setup_logging,
@@ -71,6 +72,10 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
             file_log = add_log_file(run.dir / "train.log")
             cleanup.callback(file_log.close)
             cleanup.callback(log.removeHandler, file_log)
+        if world.is_main and run.resume_state is not None:
+            resumed_at = run.resume_state.get("progress", {}).get("step", 0)
+            if dropped := drop_metrics_after(run.dir / "metrics.jsonl", resumed_at):
+                log.info("metrics.jsonl: dropped %d event(s) after step %d, which this run replays", dropped, resumed_at)
         metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
         cleanup.callback(metrics.close)
         cleanup.callback(close_progress_bar)
@@ -172,7 +177,7 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 break
             # One update = accum_steps batches per process; the loss is normalised by the target
             # tokens of all of them on all processes.
-            drawn = [next(batches) for _ in range(t.accum_steps)]  # (epoch, batch indices)
+            drawn = draw_group(batches, sampler, t.accum_steps)  # [(epoch, batch indices)]
             # NOTE (differs from paper): late dropout, off for the first train.dropout_after_epochs passes.
             if dropout_on != (drawn[0][0] >= t.dropout_after_epochs):
                 dropout_on = not dropout_on
@@ -188,8 +193,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
             for g in optimizer.param_groups:
                 g["lr"] = lr
             try:
-                loss_sum, nll_sum = train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device,
-                                               autocast, world)
+                loss_sum, nll_sum, applied = train_step(net, model, optimizer, scaler, group, n_tokens, cfg,
+                                                        device, autocast, world)
             except torch.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 bad_steps += 1
@@ -198,6 +203,11 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 if bad_steps > t.max_bad_steps or world.distributed:  # other ranks cannot skip in step
                     raise TrainingError(f"out of memory {bad_steps} time(s); lower train.batch_tokens "
                                         f"(now {t.batch_tokens}) and resume with the same command") from None
+                continue
+            if not applied and loss_sum is not None:
+                # fp16: the gradient overflowed and the scaler lowered its scale. Not an update: the
+                # step count and the schedule do not move.
+                log.debug("fp16: gradient overflow after step %d; loss scale now %g", progress.step, scaler.get_scale())
                 continue
             if loss_sum is None:  # non-finite loss or gradient: the update was skipped (on every rank)
                 bad_steps += 1
@@ -244,6 +254,16 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     metrics.write("end", step=progress.step, reason=reason, elapsed_s=round(elapsed, 1),
                   best_bleu=progress.best_bleu, **{f"peak_{k}_mb": v for k, v in memory.items()})
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
+
+
+def draw_group(batches, sampler, accum_steps: int) -> list:
+    """The batches of one update: accum_steps of them, fewer at the end of an epoch, so an update
+    never mixes two epochs (train.max_epochs ends on the epoch's last batch, and late dropout
+    switches between updates). The loss is normalised by the group's target tokens either way."""
+    group = [next(batches)]
+    while len(group) < accum_steps and sampler.state_dict()["position"] < len(sampler):
+        group.append(next(batches))
+    return group
 
 
 def epoch_sampler(cfg: Config, train_ds, world, device: str):
@@ -311,9 +331,10 @@ def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, auto
     """Forward/backward over an accumulation group and one optimizer update.
 
     `net` runs the forward (the model, or its DDP/compiled wrapper); `model` owns the parameters.
-    Returns (smoothed loss sum, NLL sum) over all processes as floats, or (None, None) when the
-    loss or the gradient was not finite, in which case no update is made (the checkpoint can
-    never hold NaNs).
+    Returns (smoothed loss sum, NLL sum, applied) over all processes: the sums as floats, or None
+    when the loss was not finite; `applied` is False when no update was made (a non-finite loss or
+    gradient: the checkpoint can never hold NaNs; with fp16, a gradient overflow, after which the
+    scaler lowers its scale and the batch is not counted as an update).
     """
     import torch
 
@@ -345,12 +366,12 @@ def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, auto
         if scaler.is_enabled():
             scaler.update()  # fp16: lets the scaler lower its scale after an overflow
             if math.isfinite(loss_value):
-                return loss_value, nll_value  # an fp16 overflow in the gradient only: normal
-        return None, None
+                return loss_value, nll_value, False  # an fp16 overflow in the gradient only: normal
+        return None, None, False
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_value, nll_value
+    return loss_value, nll_value, True
 
 
 def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: float, started: float, sampler) -> None:

@@ -161,6 +161,10 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert f"resumed from {tmp_path / 'run'}" in err
     train(tiny_config(tmp_path, "straight", ["train.max_steps=40", "train.eval_every=10", "train.log_every=1"]))
     assert same_weights(tmp_path / "run/last.pt", tmp_path / "straight/last.pt")
+    # The steps replayed after the resume are logged once: their first record was dropped.
+    events = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 41))
+    assert [e["step"] for e in events if e["event"] == "valid"] == [10, 20, 30, 40]
 
 
 @pytest.mark.slow

@@ -397,3 +397,45 @@ def test_resume_refuses_training_files_changed_in_place(tmp_path):
         train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))
     src.write_bytes(original)  # restored: resumes
     assert train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))["step"] == 6
+
+
+def test_fp16_overflow_skips_are_not_counted_as_updates(tmp_path, monkeypatch):
+    """A loss scale far too high overflows the fp16 gradients for the first batches: the scaler
+    lowers it, and those batches are not updates (the step count matches Adam's own count)."""
+    import functools
+
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(real, init_scale=2.0**40))
+    summary = train(tiny_config(tmp_path, extra=["train.precision=fp16", "train.max_steps=5", "train.eval_every=5"]))
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    assert summary["step"] == state["progress"]["step"] == 5
+    adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {5}  # every counted step was an applied update
+    assert state["scaler"]["scale"] < 2.0**40  # it did overflow and back off
+    drawn = state["data"]["epoch"] * 1000 + state["data"]["position"]
+    assert drawn > 5  # the overflowing batches were drawn but did not count
+
+
+def test_accumulation_groups_end_with_their_epoch(tmp_path):
+    """accum_steps 4 over an epoch of N batches (N not a multiple of 4): max_epochs 1 makes
+    ceil(N / 4) updates and stops on the epoch's last batch, never drawing from epoch 2."""
+    summary = train(tiny_config(tmp_path, extra=["train.accum_steps=4", "train.max_steps=null", "train.max_epochs=1",
+                                                 "train.eval_every=1000"]))
+    start = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    n = start["batches_per_epoch"]
+    assert n % 4 != 0, "the test needs a partial last group"
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    assert summary["step"] == -(-n // 4)
+    assert (state["data"]["epoch"], state["data"]["position"]) == (0, n)
+
+
+def test_resume_drops_the_metrics_of_replayed_steps(tmp_path):
+    from mtkit.runlog import drop_metrics_after, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    events = [{"event": "start", "step": 0}, *({"event": "train", "step": s} for s in range(1, 14)),
+              {"event": "valid", "step": 10}]
+    path.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "tra')  # torn by a kill
+    assert drop_metrics_after(path, 10) == 4  # steps 11-13 and the torn line
+    assert [e["step"] for e in read_metrics(path)] == [0, *range(1, 11), 10]
+    assert drop_metrics_after(path, 10) == 0
