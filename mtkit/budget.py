@@ -3,6 +3,12 @@
 Whichever budget ends first stops the run; the same "first to end" decides the fraction used, which
 the learning-rate cooldown (schedule.py) reads. Time is the training time of all `mtkit train`
 calls of the run (checkpoints carry it), as steps and epochs are.
+
+A time budget is turned into updates once, so that it is deterministic from the moment it matters:
+when the clock reaches the point where the cooldown begins (90% of the time without a cooldown),
+the rate of updates measured so far fixes the update at which training ends (`make_time_plan`).
+From then on the cooldown and the stop count updates, not seconds; the plan is saved in every
+checkpoint, so a run killed and resumed ends exactly as an uninterrupted run with the same plan.
 """
 
 from __future__ import annotations
@@ -23,13 +29,11 @@ def stop_code(t, progress, sampler, validator, out_of_time: bool) -> int:
     return 4 if out_of_time else 0
 
 
-def budget_used(t, step: int, elapsed_s: float, budget_s: float, sampler) -> float:
-    """Fraction (0..1) of the budget used after `step` updates and `elapsed_s` seconds.
-
-    `t` is the train config; `budget_s` is train.max_time in seconds (inf when unset).
-    """
+def budget_used(t, step: int, time_fraction: float, sampler) -> float:
+    """Fraction (0..1) of the budget used after `step` updates, `time_fraction` being that of
+    train.max_time (`time_used`; 0 when unset). `t` is the train config."""
     state = sampler.state_dict()
-    used = [elapsed_s / budget_s, (step / t.max_steps) if t.max_steps else 0.0,
+    used = [time_fraction, (step / t.max_steps) if t.max_steps else 0.0,
             (state["epoch"] + state["position"] / len(sampler)) / t.max_epochs if t.max_epochs else 0.0]
     return min(1.0, max(used))
 
@@ -38,3 +42,42 @@ def epochs_done(sampler) -> int:
     """Complete passes over the training data (an epoch whose last batch was handed out counts)."""
     state = sampler.state_dict()
     return state["epoch"] + (state["position"] >= len(sampler))
+
+
+PLAN_WITHOUT_COOLDOWN = 0.9  # no cooldown: the end is fixed at 90% of train.max_time
+PLAN_AT_LEAST = 0.1  # never before 10% of it: the rate of updates needs measuring first
+MIN_RATE_UPDATES = 10  # fewer updates in this call: the rate is the whole run's
+
+
+def plan_point(cooldown: float) -> float:
+    """The fraction of train.max_time at which the plan is made: where the cooldown begins."""
+    return max(1.0 - cooldown, PLAN_AT_LEAST) if cooldown > 0 else PLAN_WITHOUT_COOLDOWN
+
+
+def make_time_plan(step: int, elapsed_s: float, budget_s: float, cooldown: float,
+                   since: tuple[int, float]) -> dict | None:
+    """The plan for the rest of train.max_time once the clock has reached plan_point, else None.
+
+    The update at which training ends is `step` plus the updates the rest of the time allows at
+    the rate measured since `since` = (step, elapsed seconds) at this call's first update (the whole
+    run's rate when this call has made under MIN_RATE_UPDATES).
+    """
+    fraction = elapsed_s / budget_s
+    if fraction < plan_point(cooldown):
+        return None
+    step0, elapsed0 = since
+    if step - step0 >= MIN_RATE_UPDATES and elapsed_s > elapsed0:
+        rate = (step - step0) / (elapsed_s - elapsed0)
+    else:
+        rate = step / max(elapsed_s, 1e-9)
+    end_step = step + max(1, round(rate * max(budget_s - elapsed_s, 0.0)))
+    return {"step": step, "fraction": min(fraction, 1.0), "end_step": end_step, "budget_s": budget_s,
+            "updates_per_s": round(rate, 4)}
+
+
+def time_used(plan: dict | None, step: int, elapsed_s: float, budget_s: float) -> float:
+    """Fraction of train.max_time used (0 when unset): by the clock until the plan is made, then
+    by updates, from the plan's fraction at its step to 1 at its end step."""
+    if plan is None:
+        return elapsed_s / budget_s
+    return plan["fraction"] + (1.0 - plan["fraction"]) * (step - plan["step"]) / (plan["end_step"] - plan["step"])

@@ -40,6 +40,7 @@ class Progress:
     bad_validations: int = 0  # validations in a row without a better BLEU (early stopping)
     tokens_seen: int = 0  # target tokens (non-pad) trained on
     train_seconds: float = 0.0  # wall time of the training loop over all calls, as of the last save
+    time_plan: dict | None = None  # train.max_time turned into updates (budget.make_time_plan)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from typing import Any
 
-from mtkit.budget import STOP_REASONS, budget_used, stop_code
+from mtkit.budget import STOP_REASONS, budget_used, make_time_plan, stop_code, time_used
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
@@ -153,6 +153,11 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     # Time budgets count the training of every call, like steps: a run killed and resumed (with the
     # same command) stops and cools down where an uninterrupted one would.
     started = time.monotonic() - progress.train_seconds
+    since = (progress.step, progress.train_seconds)  # this call's start, for the rate of updates
+    if progress.time_plan is not None and progress.time_plan["budget_s"] != budget_s:
+        log.info("train.max_time changed to %s: the time plan made at update %d is replanned",
+                 t.max_time, progress.time_plan["step"])
+        progress.time_plan = None
     window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "t0": time.monotonic()}
     bad_steps = 0
     bar = progress_bar(t.max_steps, progress.step, "step") if world.is_main else None  # terminals only
@@ -164,7 +169,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
         while True:
             # All processes take the same decision (time and signals may differ between them).
             elapsed = time.monotonic() - started
-            code = stop_code(t, progress, sampler, validator, elapsed >= budget_s)
+            out_of_time = time_used(progress.time_plan, progress.step, elapsed, budget_s) >= 1
+            code = stop_code(t, progress, sampler, validator, out_of_time)
             code, signum, elapsed_ms = distributed.agree(world, [code, stop.signum or 0, int(elapsed * 1000)], "max")
             if signum:
                 if progress.step != saved_step:
@@ -175,6 +181,9 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
             if code:
                 reason = STOP_REASONS[code].format(t=t)
                 break
+            if budget_s < math.inf and progress.time_plan is None:
+                plan_time(progress, make_time_plan(progress.step, elapsed_ms / 1000, budget_s, t.cooldown, since),
+                          t, metrics)
             # One update = accum_steps batches per process; the loss is normalised by the target
             # tokens of all of them on all processes.
             drawn = draw_group(batches, sampler, t.accum_steps)  # [(epoch, batch indices)]
@@ -189,7 +198,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
             (n_tokens,) = distributed.agree(world, [local_tokens], "sum")
             lr = inverse_sqrt_lr(progress.step + 1, t.lr, t.warmup_steps)
             if t.cooldown:
-                lr *= cooldown_factor(budget_used(t, progress.step, elapsed_ms / 1000, budget_s, sampler), t.cooldown)
+                time_fraction = time_used(progress.time_plan, progress.step, elapsed_ms / 1000, budget_s)
+                lr *= cooldown_factor(budget_used(t, progress.step, time_fraction, sampler), t.cooldown)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             try:
@@ -254,6 +264,17 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     metrics.write("end", step=progress.step, reason=reason, elapsed_s=round(elapsed, 1),
                   best_bleu=progress.best_bleu, **{f"peak_{k}_mb": v for k, v in memory.items()})
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
+
+
+def plan_time(progress: Progress, plan: dict | None, t, metrics: MetricsWriter) -> None:
+    """Adopt a time plan (budget.make_time_plan) when one was made, and say so."""
+    if plan is None:
+        return
+    progress.time_plan = plan
+    log.info("train.max_time=%s: %.0f%% used at update %d (%.2f updates/s), so training ends at update %d%s;"
+             " planned once, a resumed run keeps it", t.max_time, 100 * plan["fraction"], plan["step"],
+             plan["updates_per_s"], plan["end_step"], ", cooling down from here" if t.cooldown else "")
+    metrics.write("plan", **plan)
 
 
 def draw_group(batches, sampler, accum_steps: int) -> list:

@@ -168,6 +168,45 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow
+def test_kill_9_then_resume_under_a_time_budget_ends_as_an_uninterrupted_run_with_its_plan(tmp_path, monkeypatch):
+    """train.max_time with a cooldown: where the cooldown begins, the time left becomes a number of
+    updates (the plan, saved in checkpoints). A run killed after the plan and resumed ends at the
+    planned update, bit-identical to an uninterrupted run that made the same plan."""
+    from mtkit import train as train_module
+    from mtkit.checkpoint import load_checkpoint
+    from mtkit.runlog import read_metrics
+    from mtkit.train import train
+    from tests.tinyrun import same_weights, tiny_config
+
+    budget = ["train.max_steps=null", "train.cooldown=0.5", "train.eval_every=10", "train.log_every=1",
+              "train.patience=0"]
+    p = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(tiny_overrides(tmp_path, extra=[*budget, "train.max_time=8s"])))
+    metrics = tmp_path / "run/metrics.jsonl"
+    deadline, plan = time.monotonic() + 120, None
+    while time.monotonic() < deadline:  # wait for the plan, the first save after it, and 3 updates more
+        events = read_metrics(metrics)
+        plan = next((e for e in events if e["event"] == "plan"), None)
+        saves = [e["step"] for e in events if plan and e["event"] == "valid" and e["step"] > plan["step"]]
+        if saves and any(e["event"] == "train" and e["step"] >= saves[0] + 3 for e in events):
+            break
+        time.sleep(0.05)
+    p.kill()
+    p.communicate(timeout=60)
+    assert p.returncode == -9 and plan is not None
+    plan = {k: plan[k] for k in ("step", "fraction", "end_step", "budget_s", "updates_per_s")}
+    saved = load_checkpoint(tmp_path / "run/last.pt")
+    assert saved["progress"]["time_plan"] == plan and plan["step"] < saved["step"] < plan["end_step"]
+    r = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(tiny_overrides(tmp_path, extra=[*budget, "train.max_time=8s"])))
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+    assert load_checkpoint(tmp_path / "run/last.pt")["step"] == plan["end_step"]
+    # The same plan, made at the same update, in a run never stopped (its clock is far from its budget).
+    monkeypatch.setattr(train_module, "make_time_plan", lambda step, *_: plan if step == plan["step"] else None)
+    train(tiny_config(tmp_path, "straight", [*budget, "train.max_time=600s"]))
+    assert same_weights(tmp_path / "run/last.pt", tmp_path / "straight/last.pt")
+
+
+@pytest.mark.slow
 def test_sigterm_during_training_saves_and_exits_143(tmp_path):
     over = tiny_overrides(tmp_path, extra=["train.max_steps=100000", "train.eval_every=100000"])
     p = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))

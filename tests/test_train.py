@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtkit.budget import budget_used
+from mtkit.budget import budget_used, make_time_plan, time_used
 from mtkit.checkpoint import load_checkpoint
 from mtkit.config import load_config
 from mtkit.errors import TrainingError
@@ -53,12 +53,28 @@ class Sampler:
 
 def test_budget_used_is_that_of_the_budget_that_ends_first():
     t = load_config(None, ["data.train.src=a", "data.train.tgt=b", "train.max_steps=100"]).train
-    assert budget_used(t, 10, 30.0, 60.0, Sampler(0, 10, 50)) == 0.5  # time: 30 of 60 s
-    assert budget_used(t, 80, 30.0, math.inf, Sampler(1, 30, 50)) == 0.8  # steps: 80 of 100
+    assert budget_used(t, 10, 0.5, Sampler(0, 10, 50)) == 0.5  # time: half of train.max_time
+    assert budget_used(t, 80, 0.0, Sampler(1, 30, 50)) == 0.8  # steps: 80 of 100
     t = load_config(None, ["data.train.src=a", "data.train.tgt=b", "train.max_steps=null",
                            "train.max_epochs=4"]).train
-    assert budget_used(t, 80, 30.0, math.inf, Sampler(1, 30, 50)) == pytest.approx(1.6 / 4)  # epochs
-    assert budget_used(t, 999, 99.0, 60.0, Sampler(9, 0, 50)) == 1.0  # never past the end
+    assert budget_used(t, 80, 0.0, Sampler(1, 30, 50)) == pytest.approx(1.6 / 4)  # epochs
+    assert budget_used(t, 999, 1.65, Sampler(9, 0, 50)) == 1.0  # never past the end
+
+
+def test_time_budget_becomes_a_plan_in_updates_where_the_cooldown_begins():
+    # cooldown 0.2 over 100 s: no plan before 80 s; at 80 s and update 400, having made 300
+    # updates in the 60 s since this call began (5/s), the last 20 s allow 100 more: end at 500.
+    assert make_time_plan(390, 79.9, 100.0, 0.2, since=(100, 20.0)) is None
+    plan = make_time_plan(400, 80.0, 100.0, 0.2, since=(100, 20.0))
+    assert plan == {"step": 400, "fraction": 0.8, "end_step": 500, "budget_s": 100.0, "updates_per_s": 5.0}
+    # From the plan on the clock no longer counts: the fraction grows with updates, 1 at update 500.
+    assert [time_used(plan, s, 999.0, 100.0) for s in (400, 450, 500)] == pytest.approx([0.8, 0.9, 1.0])
+    assert time_used(None, 7, 30.0, 60.0) == 0.5 and time_used(None, 7, 30.0, math.inf) == 0.0
+    # Fewer than 10 updates in this call (just resumed): the whole run's rate, 400 in 80 s.
+    assert make_time_plan(400, 80.0, 100.0, 0.2, since=(395, 79.0))["end_step"] == 500
+    # No cooldown: planned at 90% of the time.
+    assert make_time_plan(400, 89.0, 100.0, 0.0, since=(0, 0.0)) is None
+    assert make_time_plan(400, 90.0, 100.0, 0.0, since=(0, 0.0))["end_step"] == 444
 
 
 def test_cooldown_in_training_and_exact_resume_inside_it(tmp_path, monkeypatch):
