@@ -224,8 +224,9 @@ def translate_cmd(
 def evaluate_cmd(
     model: Optional[str] = typer.Argument(None, help="Checkpoint or run dir; omit with --hyp to score only."),
     src: Optional[Path] = typer.Option(None, "--src", help="Source file to translate."),
-    ref: Path = typer.Option(..., "--ref", help="Reference file, one line per source line."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference file, one line per source line."),
     hyp: Optional[Path] = typer.Option(None, "--hyp", help="Score this hypothesis file instead of translating."),
+    valid: bool = typer.Option(False, "--valid", help="Score MODEL on its run's dev set as validation did."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy search (as training's validation)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -236,19 +237,10 @@ def evaluate_cmd(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures)."""
-    from mtkit.evaluate import format_scores, score_files, translate_and_score
+    from mtkit.evaluate import evaluate, format_scores
 
-    if hyp is not None:
-        if model is not None or src is not None:
-            raise ConfigError("give either --hyp (score a file) or MODEL with --src (translate, then score)")
-        result = score_files(hyp, ref)
-    else:
-        if model is None or src is None:
-            raise ConfigError("give MODEL and --src to translate and score, or --hyp to score a file")
-        from mtkit.translate import load_for_decoding
-
-        net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, None, batch_tokens, engine)
-        result = translate_and_score(net, tok, decode, src, ref, dev, output)
+    result = evaluate(model, src, ref, hyp, valid, device=device, overrides=set_ or [], beam=beam, greedy=greedy,
+                      batch_tokens=batch_tokens, engine=engine, output=output)
     if as_json:
         typer.echo(json.dumps({"bleu": result["bleu"], "chrf": result["chrf"], "ter": result["ter"],
                                "signature": result["signature"], "n": result["n"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtkit.errors import DataError
+from mtkit.errors import ConfigError, DataError
 
 
 def score(hyps: list[str], refs: list[str], metrics: tuple[str, ...] = ("bleu", "chrf", "ter")) -> dict[str, Any]:
@@ -91,3 +91,56 @@ def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path
     result = score(hyps, refs)
     result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty}
     return result
+
+
+def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | None, valid: bool, *,
+             device: str = "auto", overrides: list[str] | tuple[str, ...] = (), beam: int | None = None,
+             greedy: bool = False, batch_tokens: int | None = None, engine: str = "torch",
+             output: Path | None = None) -> dict[str, Any]:
+    """What `mtkit evaluate` scores: a hypothesis file (`hyp`), MODEL's translations of `src`, or with
+    `valid` MODEL's greedy translations of its run's dev set, decoded as training's validation did."""
+    if hyp is not None:
+        if model is not None or src is not None or valid or ref is None:
+            raise ConfigError("--hyp scores a file: give it with --ref, without MODEL, --src or --valid")
+        return score_files(hyp, ref)
+    if model is None:
+        raise ConfigError("give MODEL with --src and --ref (translate, then score), MODEL with --valid (its run's"
+                          " dev set, as validation scored it), or --hyp with --ref (score a file)")
+    if valid and (src is not None or ref is not None):
+        raise ConfigError("--valid takes the dev set from MODEL's config (data.valid); drop --src and --ref")
+    if not valid and (src is None or ref is None):
+        raise ConfigError("give --src and --ref (or --valid, to score the run's dev set as validation did)")
+    from mtkit.translate import load_for_decoding
+
+    if valid:
+        if engine != "torch" or beam is not None:
+            raise ConfigError("--valid decodes as training's validation did: greedy, with mtkit's engine;"
+                              " drop --beam / --engine")
+        greedy = True
+    net, tok, decode, dev = load_for_decoding(model, device, overrides, beam, greedy, None, batch_tokens, engine)
+    if not valid:
+        return translate_and_score(net, tok, decode, src, ref, dev, output)
+    srcs, refs = validation_pairs(model)
+    from mtkit.translate import translate_lines
+
+    hyps = [ts[0].text for ts in translate_lines(net, tok, srcs, decode, dev)]
+    if output is not None:
+        from mtkit.runsetup import write_atomic
+
+        write_atomic(output, "".join(h + "\n" for h in hyps))
+    return {**score(hyps, refs), "decode": {"beam_size": 1, "precision": decode.precision}}
+
+
+def validation_pairs(model_path: str | Path) -> tuple[list[str], list[str]]:
+    """The dev sources and references a checkpoint's training validated on: its config's data.valid,
+    read as training reads it, cut to train.valid_max_sentences (validate.dev_subset)."""
+    from mtkit.checkpoint import load_checkpoint, resolve_model_path
+    from mtkit.config import from_plain_dict
+    from mtkit.sources import load_pairs
+    from mtkit.validate import dev_subset
+
+    cfg = from_plain_dict(load_checkpoint(resolve_model_path(model_path))["config"])
+    if cfg.data.valid is None:
+        raise ConfigError(f"{model_path}: its config has no data.valid, so training never validated; use --src and --ref")
+    pairs = dev_subset(load_pairs(cfg.data.valid, cfg.data, "valid"), cfg.train.valid_max_sentences)
+    return list(pairs["src"]), list(pairs["tgt"])

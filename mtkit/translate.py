@@ -76,6 +76,10 @@ def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: l
         raise ConfigError(f"{model_path}: is a CTranslate2 export; translate it with --engine ctranslate2")
     keep_freed_memory()
     device = resolve_device(device)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls, as training (and its validation) ran
     model, tok, cfg = load_model(model_path, device)
     decode = decode_settings(decode_overrides(cfg, overrides).decode, **flags)
     model, precision = cast_for_decoding(model, decode.precision, device)

@@ -20,6 +20,14 @@ from mtkit.hardware import resolve_decode_precision
 log = logging.getLogger("mtkit")
 
 
+def dev_subset(valid_ds, max_sentences: int | None):
+    """The dev pairs validation scores: the first train.valid_max_sentences (all when None);
+    `mtkit evaluate --valid` takes the same ones."""
+    if max_sentences is not None and max_sentences < len(valid_ds):
+        return valid_ds.select(range(max_sentences))
+    return valid_ds
+
+
 class Validator:
     """Holds the dev set, batched once, and scores a model on it."""
 
@@ -27,9 +35,7 @@ class Validator:
         from mtkit.batching import TokenBatchSampler
         from mtkit.data import make_batch
 
-        n = cfg.train.valid_max_sentences
-        if n is not None and n < len(valid_ds):
-            valid_ds = valid_ds.select(range(n))
+        valid_ds = dev_subset(valid_ds, cfg.train.valid_max_sentences)
         self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
         self.label_smoothing = cfg.train.label_smoothing
         self.src_texts: list[str] = list(valid_ds["src"])

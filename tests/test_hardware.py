@@ -161,26 +161,28 @@ def test_training_says_which_precision_auto_chose_and_why(tmp_path, cpu_bf16, ca
     assert start["event"] == "start" and start["precision"] == expected
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_validation_in_bf16_or_int8_is_what_evaluate_reproduces(tmp_path, precision):
-    """decode.precision bf16 or int8 (what auto may pick on a CPU): validation decodes a copy of the
-    weights prepared as evaluate prepares them, so `mtkit evaluate best.pt --greedy` gives the
-    logged BLEU exactly."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_evaluate_valid_reproduces_what_validation_logged(tmp_path, precision):
+    """`mtkit evaluate best.pt --valid` decodes the run's dev subset (train.valid_max_sentences: 20
+    of the 30 dev lines here) greedily in decode.precision, with the weights prepared as validation
+    prepared its copy: BLEU and chrF are the logged ones exactly."""
     from typer.testing import CliRunner
 
     from mtkit.cli import app
     from mtkit.train import train
 
-    train(tiny_config(tmp_path, extra=[f"decode.precision={precision}", "train.max_steps=60", "train.eval_every=20"]))
+    train(tiny_config(tmp_path, extra=[f"decode.precision={precision}", "train.max_steps=150", "train.eval_every=50"]))
     valids = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     best = max((e for e in valids if e["event"] == "valid"), key=lambda e: e["bleu"])
-    src, ref = tmp_path / "dev20.src", tmp_path / "dev20.tgt"
-    src.write_text("".join(x + "\n" for x in (tmp_path / "data/dev.src").read_text().splitlines()[:20]))
-    ref.write_text("".join(x + "\n" for x in (tmp_path / "data/dev.tgt").read_text().splitlines()[:20]))
-    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run/best.pt"), "--src", str(src), "--ref", str(ref),
-                                 "--greedy", "--json", "--device", "cpu"])
+    assert best["chrf"] > 5  # a model that outputs something to compare
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run/best.pt"), "--valid", "--json", "--device", "cpu",
+                                 "-o", str(tmp_path / "hyps.txt")])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout.strip().splitlines()[-1])["bleu"] == pytest.approx(best["bleu"], abs=1e-9)
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["n"] == 20 and (got["bleu"], got["chrf"]) == (best["bleu"], best["chrf"])
+    assert len((tmp_path / "hyps.txt").read_text().splitlines()) == 20
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run/best.pt"), "--valid", "--beam", "4"])
+    assert r.exit_code == 2 and "greedy" in r.stderr
 
 
 def test_a_run_started_in_bf16_can_resume_in_fp32(tmp_path):
