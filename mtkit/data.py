@@ -153,34 +153,33 @@ def prepare_eval(
 
 
 def upsample_index(src_lens: np.ndarray, min_len: int | None, factor: int,
-                   sources: Sequence[str] | None = None, pattern: str | None = None) -> np.ndarray:
+                   matches: np.ndarray | None = None) -> np.ndarray:
     """Row numbers of one training epoch: every pair once, and `factor` times in all the pairs
-    whose source has at least `min_len` tokens or (given `sources`, the source texts) matches the
-    regular expression `pattern` (data.upsample_*). Without upsampling: 0..n-1.
+    whose source has at least `min_len` tokens or whose `matches` flag is set (the pairs whose
+    source matches data.upsample_pattern: source_matches). Without upsampling: 0..n-1.
 
     Used to give a small in-domain part of a corpus more weight, e.g. Ding's example sentences
     (the kind of text its dev and test sets hold) among its many one-word dictionary entries.
     """
     everything = np.arange(len(src_lens), dtype=np.int64)
-    if factor <= 1 or (min_len is None and pattern is None):
+    if factor <= 1 or (min_len is None and matches is None):
         return everything
     chosen = np.zeros(len(src_lens), dtype=bool)
     if min_len is not None:
         chosen |= np.asarray(src_lens) >= min_len
-    if pattern is not None:
-        if sources is None or len(sources) != len(src_lens):
-            raise ValueError("upsample_index: a pattern needs the source text of every pair")
-        search = re.compile(pattern).search
-        chosen |= np.fromiter((search(s) is not None for s in sources), dtype=bool, count=len(sources))
+    if matches is not None:
+        if len(matches) != len(src_lens):
+            raise ValueError(f"upsample_index: {len(matches)} pattern matches for {len(src_lens)} pairs")
+        chosen |= matches
     rows = np.flatnonzero(chosen)
     return np.concatenate([everything] + [rows] * (factor - 1))
 
 
-def upsample_epochs(src_lens: np.ndarray, data: DataConfig, sources: Sequence[str] | None = None) -> list[np.ndarray]:
+def upsample_epochs(src_lens: np.ndarray, data: DataConfig, matches: np.ndarray | None = None) -> list[np.ndarray]:
     """The rows of each epoch (upsample_index) for data.upsample_factor, or one per factor of
-    data.upsample_schedule (epoch e takes the e-th, the last for all later epochs)."""
-    return [upsample_index(src_lens, data.upsample_min_len, f, sources, data.upsample_pattern)
-            for f in data.upsample_factors]
+    data.upsample_schedule (epoch e takes the e-th, the last for all later epochs). `matches`:
+    source_matches for data.upsample_pattern (None without one)."""
+    return [upsample_index(src_lens, data.upsample_min_len, f, matches) for f in data.upsample_factors]
 
 
 def upsampling_line(data: DataConfig, pairs: int, rows: Sequence[int], unit: str = "tokens") -> str:
@@ -204,15 +203,19 @@ def _table_rows(ds: datasets.Dataset) -> np.ndarray | None:
     return None if mapping is None else mapping.column(0).to_numpy()
 
 
-def source_texts(ds: datasets.Dataset) -> list[str]:
-    """The "src" column as strings, read like `token_lengths` (through the row mapping)."""
+def source_matches(ds: datasets.Dataset, pattern: str, chunk: int = 50_000) -> np.ndarray:
+    """(n,) bool: which pairs' source matches the regular expression `pattern` (Python's `re`,
+    searched anywhere in the text), read from the Arrow column `chunk` rows at a time (through the
+    row mapping, like `token_lengths`), so memory stays flat however large the corpus."""
+    search = re.compile(pattern).search
     column = ds.data.column("src")
     rows = _table_rows(ds)
-    if rows is not None:
-        column = column.take(rows)
-    if len(column) != len(ds):  # datasets changed its internals: the public path
-        return list(ds["src"])
-    return column.to_pylist()
+    n = len(ds) if rows is None else len(rows)
+    out = np.zeros(n, dtype=bool)
+    for start in range(0, n, chunk):
+        part = column.slice(start, chunk) if rows is None else column.take(rows[start: start + chunk])
+        out[start: start + len(part)] = [search(s) is not None for s in part.to_pylist()]
+    return out
 
 
 def make_batch(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]] | None = None,
@@ -285,9 +288,8 @@ def check_report(cfg: Config, tokenizer: Tokenizer | None) -> str:
             report, keep = _drop_counts(src, tgt, data.max_len, data.max_len_ratio)
             out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
             if max(data.upsample_factors) > 1:  # what training will pick among the kept pairs
-                texts = (None if data.upsample_pattern is None
-                         else [s for s, k in zip(source_texts(ds), keep, strict=True) if k])
-                rows = upsample_epochs(src[keep], data, texts)
+                matches = None if data.upsample_pattern is None else source_matches(ds, data.upsample_pattern)[keep]
+                rows = upsample_epochs(src[keep], data, matches)
                 out.append("  " + upsampling_line(data, report.kept, [len(r) for r in rows], unit))
         for side, lens in (("src", src), ("tgt", tgt)):
             p50, p90, p99 = (int(v) for v in np.percentile(lens, [50, 90, 99], method="higher"))

@@ -290,14 +290,14 @@ def draw_group(batches, sampler, accum_steps: int) -> list:
 def epoch_sampler(cfg: Config, train_ds, world, device: str):
     """This process's batch sampler over the training pairs, upsampled pairs repeated (data.upsample_*)."""
     from mtkit.batching import TokenBatchSampler
-    from mtkit.data import source_texts, token_lengths, upsample_epochs, upsampling_line
+    from mtkit.data import source_matches, token_lengths, upsample_epochs, upsampling_line
 
     t = cfg.train
     src_lens, tgt_lens = token_lengths(train_ds)
     d = cfg.data
     upsampled = max(d.upsample_factors) > 1  # the config check made sure of a criterion
-    sources = source_texts(train_ds) if d.upsample_pattern is not None and upsampled else None
-    epoch_rows = upsample_epochs(src_lens, d, sources) if upsampled else None
+    matches = source_matches(train_ds, d.upsample_pattern) if d.upsample_pattern is not None and upsampled else None
+    epoch_rows = upsample_epochs(src_lens, d, matches) if upsampled else None
     if epoch_rows is not None:
         line = upsampling_line(d, len(src_lens), [len(r) for r in epoch_rows])
         if max(len(r) for r in epoch_rows) > len(src_lens):

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import random
+import re
 
 import datasets
 import numpy as np
@@ -22,7 +23,7 @@ from mtkit.data import (
     make_batch,
     prepare_eval,
     prepare_train,
-    source_texts,
+    source_matches,
     token_lengths,
     upsample_index,
 )
@@ -423,21 +424,29 @@ def test_reverse_corpus_end_to_end(tmp_path, tiny_tokenizer, reverse_corpus):
 def test_upsample_index_repeats_long_or_matching_pairs_once_each():
     lens = np.array([3, 12, 5, 10, 1])
     texts = ["Haus", "ein langer Eintrag ohne Punkt", "Wer weiß?", "Das ist ein Satz.", "jdm."]
+
+    def matching(pattern):
+        return np.array([re.search(pattern, t) is not None for t in texts])
+
     assert upsample_index(lens, None, 5).tolist() == [0, 1, 2, 3, 4]  # no criterion: off
     assert upsample_index(lens, 10, 1).tolist() == [0, 1, 2, 3, 4]  # factor 1: off
     assert upsample_index(lens, 10, 3).tolist() == [0, 1, 2, 3, 4, 1, 3, 1, 3]
     # "[.!?]$" takes sentences; "jdm." is 1 token but also ends in ".": a pattern is taken literally
-    assert upsample_index(lens, None, 2, texts, r"[.!?]$").tolist() == [0, 1, 2, 3, 4, 2, 3, 4]
-    assert upsample_index(lens, None, 2, texts, r"\w\s.*[.!?]$").tolist() == [0, 1, 2, 3, 4, 2, 3]
+    assert upsample_index(lens, None, 2, matching(r"[.!?]$")).tolist() == [0, 1, 2, 3, 4, 2, 3, 4]
+    assert upsample_index(lens, None, 2, matching(r"\w\s.*[.!?]$")).tolist() == [0, 1, 2, 3, 4, 2, 3]
     # either criterion, a pair matching both still counts `factor` times, not more
-    assert upsample_index(lens, 10, 2, texts, r"[!?]$").tolist() == [0, 1, 2, 3, 4, 1, 2, 3]
-    with pytest.raises(ValueError, match="source text"):
-        upsample_index(lens, None, 2, texts[:3], r"[.!?]$")
+    assert upsample_index(lens, 10, 2, matching(r"[!?]$")).tolist() == [0, 1, 2, 3, 4, 1, 2, 3]
+    with pytest.raises(ValueError, match="pattern matches for 5 pairs"):
+        upsample_index(lens, None, 2, matching(r"[.!?]$")[:3])
 
 
-def test_source_texts_follow_filtering_and_selection(tmp_path, tiny_tokenizer, de_en_files):
+def test_source_matches_follow_filtering_and_selection_chunk_by_chunk(tmp_path, tiny_tokenizer, de_en_files):
     src, tgt = de_en_files
     ds = encode_pairs(load(SplitConfig(src=str(src), tgt=str(tgt)), tmp_path), tiny_tokenizer, 1)
-    picked = ds.select([2, 0])  # an index mapping over the Arrow table, as filter_train leaves
-    assert source_texts(picked) == [ds[2]["src"], ds[0]["src"]]
-    assert source_texts(ds) == ds["src"]
+    pattern = r"[.!?]$"
+    expected = np.array([re.search(pattern, s) is not None for s in ds["src"]])
+    assert expected.any() and not expected.all()
+    for chunk in (1, 2, 50_000):  # rows read a few at a time: the same answer
+        assert source_matches(ds, pattern, chunk).tolist() == expected.tolist()
+        picked = ds.select([2, 0, 1])  # an index mapping over the Arrow table, as filter_train leaves
+        assert source_matches(picked, pattern, chunk).tolist() == expected[[2, 0, 1]].tolist()
