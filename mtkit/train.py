@@ -372,7 +372,7 @@ def train_step(net, model, optimizer, scaler, group, n_tokens, cfg, device, auto
         with net.no_sync() if world.distributed and not last else nullcontext():
             with autocast:
                 logits = net(src, tgt_in)  # (B, T, V)
-            loss, nll = token_losses(logits, tgt_out, t.label_smoothing)
+            loss, nll = token_losses(logits, tgt_out, t.label_smoothing, t.label_smoothing_over)
             # Normalised per target token of the whole group on all processes; DDP averages
             # over processes, hence the factor world.size.
             scaler.scale(loss * (world.size / n_tokens)).backward()

@@ -37,7 +37,7 @@ class Validator:
 
         valid_ds = dev_subset(valid_ds, cfg.train.valid_max_sentences)
         self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
-        self.label_smoothing = cfg.train.label_smoothing
+        self.label_smoothing = (cfg.train.label_smoothing, cfg.train.label_smoothing_over)
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
         # Validation BLEU is greedy (cheap and stable), decoded in decode.precision as `mtkit
@@ -72,7 +72,7 @@ class Validator:
             for b in self.loss_batches:
                 target = b["tgt_out"].to(self.device)
                 logits = model(b["src"].to(self.device), b["tgt_in"].to(self.device))
-                loss, nll = token_losses(logits, target, self.label_smoothing)  # the loss training uses
+                loss, nll = token_losses(logits, target, *self.label_smoothing)  # the loss training uses
                 loss_sum += float(loss)
                 nll_sum += float(nll)
                 tokens += int((target != PAD_ID).sum())

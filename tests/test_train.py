@@ -120,6 +120,27 @@ def test_label_smoothed_loss_matches_hand_computation():
     assert float(token_losses(logits, target, 0.0)[0]) == pytest.approx(nll, rel=1e-6)
 
 
+def test_label_smoothing_over_outputs_gives_pad_and_bos_nothing():
+    # Vocabulary of 5: PAD 0, BOS 2 (tokenizer.py) get no smoothing mass; the other 3 get eps / 3 each.
+    from mtkit.tokenizer import BOS_ID
+
+    assert (PAD_ID, BOS_ID) == (0, 2)
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0, 1.0], [0.1, 0.2, 0.3, 0.4, 0.5]]], requires_grad=True)
+    target = torch.tensor([[3, 4]])
+    eps = 0.1
+    total = 0.0
+    for row, t in ((0, 3), (1, 4)):
+        logp = torch.log_softmax(logits[0, row].detach(), -1).tolist()
+        total += -((1 - eps) * logp[t] + eps / 3 * (logp[1] + logp[3] + logp[4]))
+    loss, _ = token_losses(logits, target, eps, "outputs")
+    assert float(loss) == pytest.approx(total, rel=1e-6)
+    # The loss is minimal when PAD and BOS have probability 0: their logits' gradient is their probability.
+    loss.backward()
+    probs = torch.softmax(logits.detach(), -1)
+    assert torch.allclose(logits.grad[0, :, [PAD_ID, BOS_ID]], probs[0, :, [PAD_ID, BOS_ID]], atol=1e-6)
+    assert float(token_losses(logits, target, eps, "vocab")[0]) != pytest.approx(total, rel=1e-6)
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_optimizer_is_fused_adam_with_the_papers_settings(tmp_path, weight_decay):
     from mtkit.model import Transformer
