@@ -8,7 +8,7 @@ MTKIT := $(VENV)/bin/mtkit
 TORCH_SPEC ?= torch==2.13.0
 DEMO_TIME ?= 30m
 
-.PHONY: install test test-fast lint data demo bench clean-venv
+.PHONY: install test test-fast test-min lint data demo bench clean-venv
 
 install:
 	@# Keep a torch the user already has: the venv then sees the system site-packages.
@@ -31,6 +31,17 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not slow" tests
 
+# The lowest versions pyproject.toml declares (.ci/min_constraints.py), in their own venv, with the
+# fast tests: the floors are tested, not guessed. torch's floor comes from PyPI as a CUDA build
+# (~3 GB with its nvidia packages; it runs on the CPU): slow the first time, cached after.
+VENV_MIN ?= .venv-min
+test-min:
+	@[ -x $(VENV_MIN)/bin/python ] || $(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python .ci/min_constraints.py > $(VENV_MIN)/constraints.txt
+	$(VENV_MIN)/bin/pip install --disable-pip-version-check -c $(VENV_MIN)/constraints.txt -e ".[test,ct2,plot]"
+	$(VENV_MIN)/bin/pip list --disable-pip-version-check | grep -iE '^(torch|datasets|numpy|pyarrow|sentencepiece|sacrebleu|typer|click|pyyaml|tqdm|ctranslate2|matplotlib|pytest) '
+	$(VENV_MIN)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider tests
+
 lint:
 	$(VENV)/bin/ruff check .
 
@@ -50,4 +61,4 @@ bench: data
 	else echo "make bench: no $(BENCH_MODEL) to time decoding (train one: make demo)"; fi
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV_MIN)

@@ -6,15 +6,15 @@ Training and validation both call `token_losses`, so the dev loss is the trainin
 from __future__ import annotations
 
 
-def token_losses(logits, target, label_smoothing: float, over: str = "vocab"):
+def token_losses(logits, target, label_smoothing: float, over: str):
     """Label-smoothed cross entropy and plain NLL, each summed over the real (non-pad) tokens.
 
     Args:
         logits: (B, T, V) model outputs (any float dtype; computed in fp32).
         target: (B, T) gold ids, PAD where there is no token.
         label_smoothing: epsilon_ls, the probability mass spread uniformly.
-        over: "vocab" spreads it over all V pieces (torch's cross_entropy); "outputs" over the V - 2
-            the decoder can emit: not PAD and BOS, which search never generates (train.label_smoothing_over).
+        over: "outputs" spreads it over the V - 2 pieces the decoder can emit, not PAD and BOS, which
+            search never generates; "vocab" over all V (torch's cross_entropy). train.label_smoothing_over.
 
     Returns:
         (loss, nll): the smoothed loss (differentiable) and the NLL for perplexity (no gradient).
@@ -33,6 +33,7 @@ def token_losses(logits, target, label_smoothing: float, over: str = "vocab"):
     if over == "outputs":
         # NOTE (differs from paper): the paper spreads eps over the vocabulary; PAD and BOS are
         # never outputs (search bans them), so "outputs" gives them none (as JoeyNMT does for PAD).
+        # Side by side on Ding (10-minute runs) dev perplexity was the same either way (BENCHMARKS.md).
         spread = lprobs.sum(dim=-1) - lprobs[:, PAD_ID] - lprobs[:, BOS_ID]  # (B*T,)
         smooth_tok = -spread / (lprobs.size(-1) - 2)
     else:  # as torch's cross_entropy(label_smoothing=eps)

@@ -110,14 +110,15 @@ def test_label_smoothed_loss_matches_hand_computation():
         # (1 - eps) on the true class plus eps spread uniformly over all V classes (as PyTorch does)
         total += -((1 - eps) * logp[t] + eps / V * sum(logp))
         nll += -logp[t]
-    loss, got_nll = token_losses(logits, target, eps)
+    loss, got_nll = token_losses(logits, target, eps, "vocab")
     assert float(loss) == pytest.approx(total, rel=1e-6)
     assert float(got_nll) == pytest.approx(nll, rel=1e-6)
     # The same as torch's own label-smoothed cross entropy, and differentiable through the logits.
     torch_loss = F.cross_entropy(logits.view(-1, V), target.view(-1), ignore_index=PAD_ID, label_smoothing=eps,
                                  reduction="sum")
     assert float(loss) == pytest.approx(float(torch_loss), rel=1e-6)
-    assert float(token_losses(logits, target, 0.0)[0]) == pytest.approx(nll, rel=1e-6)
+    assert float(token_losses(logits, target, 0.0, "vocab")[0]) == pytest.approx(nll, rel=1e-6)
+    assert float(token_losses(logits, target, 0.0, "outputs")[0]) == pytest.approx(nll, rel=1e-6)
 
 
 def test_label_smoothing_over_outputs_gives_pad_and_bos_nothing():
