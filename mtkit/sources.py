@@ -247,7 +247,7 @@ def _pick_columns(names: Sequence[str], src_field: str, tgt_field: str, where: s
         if langs is None or (src_field in langs and tgt_field in langs):
             return ["translation"]
         raise DataError(
-            f"{where}: its 'translation' entries have languages {', '.join(langs)}, not both"
+            f"{where}: its 'translation' entries have languages {', '.join(sorted(langs))}, not both"
             f" {src_field!r} and {tgt_field!r}; set data.src_lang/tgt_lang or src_field/tgt_field"
         )
     raise DataError(

@@ -6,6 +6,7 @@ for the whole session (so no test writes into ~/.cache) and datasets runs offlin
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -104,3 +105,16 @@ def tiny_tokenizer():
     src = [a for a, _ in DE_EN] * 5 + extra
     tgt = [b for _, b in DE_EN] * 5 + extra
     return train_tokenizer(TokenizerConfig(vocab_size=120), src, tgt)
+
+
+@pytest.fixture(autouse=True)
+def _restore_mtkit_logger():
+    """Each test starts with mtkit's logger as the previous one found it: a CLI call sets up
+    logging (runlog.setup_logging stops propagation to the root logger, where caplog listens), and
+    whether a later test's caplog sees mtkit's warnings must not depend on test order."""
+    log = logging.getLogger("mtkit")
+    saved = (log.level, log.propagate, list(log.handlers))
+    yield
+    log.setLevel(saved[0])
+    log.propagate = saved[1]
+    log.handlers[:] = saved[2]

@@ -76,7 +76,7 @@ def test_explicit_bf16_with_native_bf16_is_quiet(cpu_bf16, monkeypatch, caplog):
 def test_cpu_check_needs_the_bf16_units_and_onednn(monkeypatch, features, onednn, expected):
     monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
     monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features, raising=False)  # torch < 2.6 has none
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
 
     class Mkldnn:
@@ -121,7 +121,7 @@ def test_cuda_answer_on_a_torch_without_including_emulation(monkeypatch, capabil
 def test_cpu_check_reads_proc_cpuinfo_on_a_torch_without_get_capabilities(monkeypatch):
     monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
     monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
-    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
     monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: {"avx2": True, "amx_bf16": True})
 
     class Ops:
