@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 EXTRAS = ("test", "ct2", "plot")  # what `make install` installs
 
