@@ -15,6 +15,8 @@ import time
 import torch
 from torch import Tensor, nn
 
+from mtkit.errors import ConfigError
+
 ACTIVATION_LEVELS = 127  # activations in [-127, 127]: symmetric, so 0 is exact and no zero point is needed
 
 
@@ -59,7 +61,11 @@ def weight_levels() -> int:
     """
     x = torch.full((32, 64), 127, dtype=torch.int8)
     w = torch.full((64, 32), 127, dtype=torch.int8)
-    exact = torch.equal(torch._int_mm(x, w), x.int() @ w.int())
+    try:
+        exact = torch.equal(torch._int_mm(x, w), x.int() @ w.int())
+    except RuntimeError as e:  # a torch build or platform without an int8 matmul for CPUs
+        raise ConfigError(f"decode.precision: int8 needs torch._int_mm, which fails here ({str(e)[:120]});"
+                          " use auto, fp32 or bf16") from None
     return 127 if exact else 63
 
 
@@ -83,7 +89,10 @@ def int8_speedup() -> float:
         linear.weight.copy_(torch.randn(1024, 256, generator=gen) / 16)
         linear.bias.zero_()
     x = torch.randn(160, 256, generator=gen)
-    quantized = Int8Linear(linear, weight_levels())
+    try:
+        quantized = Int8Linear(linear, weight_levels())
+    except ConfigError:
+        return 0.0  # no int8 matmul here: auto keeps bf16 / fp32
 
     def best_time(f) -> float:
         f()  # warm-up: picks kernels

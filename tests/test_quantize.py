@@ -123,3 +123,20 @@ def test_translate_cli_decodes_in_int8(tmp_path, caplog):
     assert r.exit_code == 0, r.output
     assert len(r.stdout.splitlines()) == 3 and r.stdout.splitlines()[1] == ""
     assert "decode.precision int8" in r.output
+
+
+def test_a_torch_without_a_cpu_int8_matmul_falls_back_or_says_so(monkeypatch):
+    def missing(*_):
+        raise RuntimeError("_int_mm: not implemented for 'CPU'")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    quantize.weight_levels.cache_clear()
+    quantize.int8_speedup.cache_clear()
+    try:
+        precision, why = resolve_decode_precision("auto", "cpu")
+        assert precision in ("fp32", "bf16") and "0.0x" in why
+        with pytest.raises(ConfigError, match="int8 needs torch._int_mm"):
+            quantize_linears(nn.Sequential(nn.Linear(4, 4)))
+    finally:
+        quantize.weight_levels.cache_clear()
+        quantize.int8_speedup.cache_clear()
