@@ -13,6 +13,10 @@ checkpoint, so a run killed and resumed ends exactly as an uninterrupted run wit
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("mtkit")
+
 STOP_REASONS = {1: "reached train.max_steps={t.max_steps}", 2: "reached train.max_epochs={t.max_epochs}",
                 3: "early stopping: no better dev BLEU in {t.patience} validations",
                 4: "reached train.max_time={t.max_time}"}
@@ -81,3 +85,15 @@ def time_used(plan: dict | None, step: int, elapsed_s: float, budget_s: float) -
     if plan is None:
         return elapsed_s / budget_s
     return plan["fraction"] + (1.0 - plan["fraction"]) * (step - plan["step"]) / (plan["end_step"] - plan["step"])
+
+
+def adopt_time_plan(progress, plan: dict | None, t, metrics) -> None:
+    """Keep a time plan (make_time_plan) in `progress` when one was made, and say so in the log and
+    metrics.jsonl (`metrics`: runlog.MetricsWriter)."""
+    if plan is None:
+        return
+    progress.time_plan = plan
+    log.info("train.max_time=%s: %.0f%% used at update %d (%.2f updates/s), so training ends at update %d%s;"
+             " planned once, a resumed run keeps it", t.max_time, 100 * plan["fraction"], plan["step"],
+             plan["updates_per_s"], plan["end_step"], ", cooling down from here" if t.cooldown else "")
+    metrics.write("plan", **plan)

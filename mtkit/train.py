@@ -15,7 +15,8 @@ import time
 from contextlib import ExitStack, nullcontext
 from typing import Any
 
-from mtkit.budget import STOP_REASONS, budget_used, make_time_plan, stop_code, time_used
+from mtkit.batching import draw_group, epoch_sampler, pad_multiple
+from mtkit.budget import STOP_REASONS, adopt_time_plan, budget_used, make_time_plan, stop_code, time_used
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.errors import TrainingError
@@ -182,8 +183,8 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
                 reason = STOP_REASONS[code].format(t=t)
                 break
             if budget_s < math.inf and progress.time_plan is None:
-                plan_time(progress, make_time_plan(progress.step, elapsed_ms / 1000, budget_s, t.cooldown, since),
-                          t, metrics)
+                adopt_time_plan(progress, make_time_plan(progress.step, elapsed_ms / 1000, budget_s, t.cooldown,
+                                                          since), t, metrics)
             # One update = accum_steps batches per process; the loss is normalised by the target
             # tokens of all of them on all processes.
             drawn = draw_group(batches, sampler, t.accum_steps)  # [(epoch, batch indices)]
@@ -264,56 +265,6 @@ def _train(cfg, run, data, world, device: str, metrics: MetricsWriter) -> dict[s
     metrics.write("end", step=progress.step, reason=reason, elapsed_s=round(elapsed, 1),
                   best_bleu=progress.best_bleu, **{f"peak_{k}_mb": v for k, v in memory.items()})
     return {"step": progress.step, "reason": reason, "best_bleu": progress.best_bleu, "run_dir": str(run.dir)}
-
-
-def plan_time(progress: Progress, plan: dict | None, t, metrics: MetricsWriter) -> None:
-    """Adopt a time plan (budget.make_time_plan) when one was made, and say so."""
-    if plan is None:
-        return
-    progress.time_plan = plan
-    log.info("train.max_time=%s: %.0f%% used at update %d (%.2f updates/s), so training ends at update %d%s;"
-             " planned once, a resumed run keeps it", t.max_time, 100 * plan["fraction"], plan["step"],
-             plan["updates_per_s"], plan["end_step"], ", cooling down from here" if t.cooldown else "")
-    metrics.write("plan", **plan)
-
-
-def draw_group(batches, sampler, accum_steps: int) -> list:
-    """The batches of one update: accum_steps of them, fewer at the end of an epoch, so an update
-    never mixes two epochs (train.max_epochs ends on the epoch's last batch, and late dropout
-    switches between updates). The loss is normalised by the group's target tokens either way."""
-    group = [next(batches)]
-    while len(group) < accum_steps and sampler.state_dict()["position"] < len(sampler):
-        group.append(next(batches))
-    return group
-
-
-def epoch_sampler(cfg: Config, train_ds, world, device: str):
-    """This process's batch sampler over the training pairs, upsampled pairs repeated (data.upsample_*)."""
-    from mtkit.batching import TokenBatchSampler
-    from mtkit.data import source_matches, token_lengths, upsample_epochs, upsampling_line
-
-    t = cfg.train
-    src_lens, tgt_lens = token_lengths(train_ds)
-    d = cfg.data
-    upsampled = max(d.upsample_factors) > 1  # the config check made sure of a criterion
-    matches = source_matches(train_ds, d.upsample_pattern) if d.upsample_pattern is not None and upsampled else None
-    epoch_rows = upsample_epochs(src_lens, d, matches) if upsampled else None
-    if epoch_rows is not None:
-        line = upsampling_line(d, len(src_lens), [len(r) for r in epoch_rows])
-        if max(len(r) for r in epoch_rows) > len(src_lens):
-            log.info("%s", line)
-        else:
-            log.warning("%s: nothing to repeat; check data.upsample_min_len / data.upsample_pattern", line)
-    # Each process takes every size-th batch of the epoch's shuffled list (its shard).
-    return TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True, num_shards=world.size,
-                             shard=world.rank, pad_to=pad_multiple(cfg, device), epoch_rows=epoch_rows)
-
-
-def pad_multiple(cfg: Config, device: str) -> int:
-    """train.pad_to_multiple, or its default: 8 on GPU (tensor-core friendly shapes), 1 (none) on CPU."""
-    if cfg.train.pad_to_multiple is not None:
-        return cfg.train.pad_to_multiple
-    return 8 if device.startswith("cuda") else 1
 
 
 def make_ema(model, decay: float, resume_state: dict | None):
