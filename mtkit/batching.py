@@ -2,7 +2,8 @@
 
 Works on arrays of token lengths and hands out index arrays; data.make_batch turns those rows
 into tensors. It does not read data, build tensors or know about models; multi-process training
-only tells it how many shards there are and which one is ours.
+only tells it how many shards there are and which one is ours. At the end, what training draws:
+`epoch_sampler` builds this process's sampler from the config, `draw_group` one update's batches.
 """
 
 from __future__ import annotations
