@@ -77,19 +77,25 @@ def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path
     """Translate a source file with a loaded model (translate.load_for_decoding) and score the
     output against line-aligned references; `output` also keeps the translations (written
     atomically). The result is `score`'s, plus the beam size and length penalty used."""
-    from mtkit.runsetup import write_atomic
-    from mtkit.translate import translate_lines
-
     refs = read_text_lines(ref_path, "references")
     srcs = read_text_lines(src_path, "source")
     if len(srcs) != len(refs):
         raise DataError(f"source {src_path} has {len(srcs)} lines but references {ref_path} has {len(refs)};"
                         " they must be line-aligned")
+    return _translate_and_score_lines(model, tokenizer, decode, srcs, refs, device, output)
+
+
+def _translate_and_score_lines(model, tokenizer, decode, srcs: list[str], refs: list[str], device: str,
+                               output: Path | None) -> dict[str, Any]:
+    from mtkit.runsetup import write_atomic
+    from mtkit.translate import translate_lines
+
     hyps = [ts[0].text for ts in translate_lines(model, tokenizer, srcs, decode, device)]
     if output is not None:
         write_atomic(output, "".join(h + "\n" for h in hyps))
     result = score(hyps, refs)
-    result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty}
+    result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
+                        "precision": decode.precision}
     return result
 
 
@@ -120,15 +126,7 @@ def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | 
     net, tok, decode, dev = load_for_decoding(model, device, overrides, beam, greedy, None, batch_tokens, engine)
     if not valid:
         return translate_and_score(net, tok, decode, src, ref, dev, output)
-    srcs, refs = validation_pairs(model)
-    from mtkit.translate import translate_lines
-
-    hyps = [ts[0].text for ts in translate_lines(net, tok, srcs, decode, dev)]
-    if output is not None:
-        from mtkit.runsetup import write_atomic
-
-        write_atomic(output, "".join(h + "\n" for h in hyps))
-    return {**score(hyps, refs), "decode": {"beam_size": 1, "precision": decode.precision}}
+    return _translate_and_score_lines(net, tok, decode, *validation_pairs(model), dev, output)
 
 
 def validation_pairs(model_path: str | Path) -> tuple[list[str], list[str]]:
