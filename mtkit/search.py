@@ -136,7 +136,7 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
             # Drop finished rows so that long sentences do not drag short ones through the model,
             # once they are more than COMPACT_AFTER of the batch (as in beam_search).
             if n_harvested > COMPACT_AFTER * len(alive):
-                keep = [i for i, h in enumerate(harvested.tolist()) if not h]
+                _, keep = _split(harvested)
                 k = torch.tensor(keep, device=device)
                 alive = [alive[i] for i in keep]
                 min_limit = min(limits[i] for i in alive)
@@ -273,7 +273,7 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
                 # only once they are more than COMPACT_AFTER of the batch: until then decoding a few
                 # finished rows costs less than copying every cache row each time one finishes.
                 if n_harvested > COMPACT_AFTER * n:
-                    keep = [i for i, h in enumerate(harvested.tolist()) if not h]
+                    _, keep = _split(harvested)
                     k = torch.tensor(keep, device=device)
                     alive = [alive[i] for i in keep]
                     min_limit = min(limits[i] for i in alive)
