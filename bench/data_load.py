@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the data path: load + encode a corpus pair through mtkit.data, then batch it.
+"""Benchmark the data path: load + encode a corpus pair through mtkit.data.pairs, then batch it.
 
 The tokenizer is trained first if bench/.cache has none for this corpus and vocabulary size (in a
 child process, excluded from the timing; its time is printed). Load+encode always starts from an
@@ -47,9 +47,10 @@ def main() -> None:
         return
 
     tok_dir, tok_seconds = ensure_tokenizer(args)
-    from mtkit.batching import TokenBatchSampler, padding_stats
-    from mtkit.data import encode_pairs, filter_train, load_pairs, token_lengths
-    from mtkit.tokenizer import Tokenizer
+    from mtkit.data.batching import TokenBatchSampler, padding_stats
+    from mtkit.data.pairs import encode_pairs, filter_train, token_lengths
+    from mtkit.data.sources import load_pairs
+    from mtkit.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(tok_dir)
     t_import = time.perf_counter()
@@ -121,8 +122,8 @@ def ensure_tokenizer(args) -> tuple[Path, float | None]:
 
 
 def train_tokenizer_into(tok_dir: Path, data, cfg) -> None:
-    from mtkit.sources import load_pairs
-    from mtkit.tokenizer import train_tokenizer
+    from mtkit.data.sources import load_pairs
+    from mtkit.data.tokenizer import train_tokenizer
 
     class Texts:
         """One column, read 10k rows at a time (re-iterable, so a retry can read it again)."""

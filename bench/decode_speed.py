@@ -44,14 +44,17 @@ def main() -> None:
 
     import torch
 
-    from mtkit.evaluate import read_text_lines, score
+    from mtkit.decoding.precision import cast_for_decoding
+    from mtkit.decoding.scoring import score
+    from mtkit.decoding.textio import read_text_lines
+    from mtkit.decoding.translate import translate_lines
     from mtkit.memory import keep_freed_memory, peak_rss_mb
-    from mtkit.translate import cast_for_decoding, load_model, translate_lines
+    from mtkit.model.loading import load_model
 
     malloc = "kept for reuse" if keep_freed_memory() else "system"  # as `mtkit translate` (MTKIT_MALLOC=system: off)
     torch.set_num_threads(args.threads)
     if args.engine == "ctranslate2":
-        from mtkit.ct2 import load_engine
+        from mtkit.decoding.ct2 import load_engine
 
         model, tok, base_decode, _ = load_engine(args.model, "cpu", [f"decode.precision={args.precision}"])
         what = f"CTranslate2 compute type {model.translator.compute_type}"

@@ -21,6 +21,7 @@ Prints a table per part and one JSON line with every figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,20 +58,18 @@ def measure_training(cfg, src, tgt, vocab: int, device: str, precision: str, sec
                      compile_model: bool = False) -> dict:
     import torch
 
-    from mtkit.batching import TokenBatchSampler
-    from mtkit.data import make_batch
-    from mtkit.distributed import World
+    from mtkit.data.batching import TokenBatchSampler
+    from mtkit.data.padding import make_batch
+    from mtkit.data.tokenizer import PAD_ID
     from mtkit.hardware import sync
-    from mtkit.model import Transformer
-    from mtkit.tokenizer import PAD_ID
-    from mtkit.train import make_optimizer, train_step
+    from mtkit.model.transformer import Transformer
+    from mtkit.training.distributed import World
+    from mtkit.training.step import make_learner
 
     torch.manual_seed(0)
     model = Transformer(cfg.model, vocab, vocab).to(device)
-    net = torch.compile(model, dynamic=True) if compile_model else model
-    optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=False)
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compile_model))
+    learner = make_learner(model, cfg, device, "bf16" if precision == "bf16" else "fp32", World())
     sampler = TokenBatchSampler([len(s) for s in src], [len(t) for t in tgt], cfg.train.batch_tokens, seed=0)
     batches = iter(sampler)
     pad_to = 8 if device.startswith("cuda") else 1
@@ -86,7 +85,7 @@ def measure_training(cfg, src, tgt, vocab: int, device: str, precision: str, sec
         idx = next(batches)[1]
         batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], pad_to=pad_to)
         n = int((batch["tgt_out"] != PAD_ID).sum())
-        train_step(net, model, optimizer, scaler, [batch], n, cfg, device, autocast, World())
+        learner.step([batch], n)
         done += 1
         if done == warmup:
             sync(device)
@@ -108,9 +107,9 @@ def measure_decoding(model, src, device: str, beam: int, batch: int, precision: 
     import torch
 
     from mtkit.config import DecodeConfig
-    from mtkit.data import make_batch
+    from mtkit.data.padding import make_batch
+    from mtkit.decoding.search import search
     from mtkit.hardware import sync
-    from mtkit.search import search
 
     decode = DecodeConfig(beam_size=beam, length_penalty=1.0, max_len_a=1.5, max_len_b=10)
     order = sorted(range(len(src)), key=lambda i: len(src[i]))  # similar lengths share a batch
@@ -133,7 +132,7 @@ def measure_decoding(model, src, device: str, beam: int, batch: int, precision: 
 
 def ddp_start(device: str, smoke: bool) -> dict:
     """`torchrun --standalone --nproc_per_node 1 -m mtkit train` on a tiny copy task."""
-    from mtkit.synthetic import write_task
+    from mtkit.data.synthetic import write_task
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -176,7 +175,7 @@ def main() -> int:
 
     from mtkit.config import load_config
     from mtkit.hardware import matmul_flops, native_bf16
-    from mtkit.model import Transformer
+    from mtkit.model.transformer import Transformer
 
     smoke = args.cpu_smoke
     if not smoke and not torch.cuda.is_available():

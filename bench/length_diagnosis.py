@@ -32,8 +32,8 @@ def reference_scores(model, src_ids: list[list[int]], ref_ids: list[list[int]], 
     probability of EOS where the reference ends."""
     import torch
 
-    from mtkit.data import make_batch
-    from mtkit.tokenizer import EOS_ID, PAD_ID
+    from mtkit.data.padding import make_batch
+    from mtkit.data.tokenizer import EOS_ID, PAD_ID
 
     scores, early_top, early_p, end_p, early_n = [], 0, 0.0, 0.0, 0
     with torch.inference_mode():
@@ -69,8 +69,9 @@ def main() -> None:
     import sacrebleu
     import torch
 
-    from mtkit.runlog import setup_logging
-    from mtkit.translate import load_model, translate_lines
+    from mtkit.decoding.translate import translate_lines
+    from mtkit.model.loading import load_model
+    from mtkit.training.runlog import setup_logging
 
     setup_logging(-1)
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 """Resident memory of training over updates: does it grow, and is it the batches' changing shapes?
 
 Builds the config's model and real training batches (as bench/train_speed.py does), runs bf16
-updates through mtkit's own train_step and prints the process's resident size every --every
+updates through mtkit's own update step (training/step.py) and prints the process's resident size every --every
 updates. --fixed repeats the first batch instead, so every update asks for the same block sizes;
 --release-every N hands the heap's free pages back (glibc malloc_trim) every N updates;
 MTKIT_MALLOC=system in the environment keeps glibc's allocator defaults (mtkit keeps freed memory).
@@ -48,21 +48,20 @@ def main() -> None:
     import torch
     from train_speed import training_batches  # this directory (sys.path[0] when run as a script)
 
-    from mtkit.data import make_batch
-    from mtkit.distributed import World
-    from mtkit.model import Transformer
-    from mtkit.runlog import setup_logging
-    from mtkit.tokenizer import PAD_ID
-    from mtkit.train import make_optimizer, rows, train_step
+    from mtkit.data.padding import make_batch
+    from mtkit.data.tokenizer import PAD_ID
+    from mtkit.model.transformer import Transformer
+    from mtkit.training.distributed import World
+    from mtkit.training.runlog import setup_logging
+    from mtkit.training.sampling import rows
+    from mtkit.training.step import make_learner
 
     setup_logging(-1)
     torch.set_num_threads(args.threads)
     cfg, run, train_ds, batches = training_batches(args.config, args.run_dir, args.batch_tokens)
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model, run.tokenizer.src_vocab_size, run.tokenizer.tgt_vocab_size)
-    optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    learner = make_learner(model, cfg, "cpu", "bf16", World())
     first = make_batch(*rows(train_ds, next(batches)[1]))
     start = rss_mb()
     print(f"mtkit train memory: {args.config}, batch_tokens {args.batch_tokens}, bf16, {args.threads} threads,"
@@ -75,7 +74,7 @@ def main() -> None:
         batch = first if args.fixed else make_batch(*rows(train_ds, next(batches)[1]))
         n = int((batch["tgt_out"] != PAD_ID).sum())
         tokens += n
-        train_step(model, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
+        learner.step([batch], n)
         if trim is not None and step % args.release_every == 0:
             trim(0)
         if step % args.every == 0:

@@ -3,7 +3,7 @@
 
 Builds the config's model and its real training batches (the run dir's tokenizer and data cache;
 both are made when missing), then times full updates (forward, label-smoothed loss, backward,
-clipping, Adam) with mtkit's own train_step. Settings alternate in rounds (A B A B ...) so
+clipping, Adam) with mtkit's own update step (training/step.py). Settings alternate in rounds (A B A B ...) so
 machine noise hits all alike, and every setting of a round trains on the same batches; the figure
 is the median over the timed updates after warm-up. The same run measures this CPU's matmul peak
 (torch.mm, sized and repeated for a quarter of a second per dtype), and reports the model's FLOPs
@@ -21,11 +21,11 @@ usage: python bench/train_speed.py [--config configs/ding-de-en.yaml] [--batch-t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,16 +35,17 @@ def training_batches(config: Path, run_dir: Path | None, batch_tokens: int, over
     """The config (with train.batch_tokens set), its run (tokenizer), encoded training pairs and an
     endless iterator over their shuffled token batches, as `mtkit train` makes them (tokenizer and
     data cache are built in the run dir when missing). Shared with bench/train_memory.py."""
-    from mtkit import runsetup
-    from mtkit.batching import TokenBatchSampler
     from mtkit.config import load_config
-    from mtkit.data import token_lengths
+    from mtkit.data.batching import TokenBatchSampler
+    from mtkit.data.pairs import prepare_data, token_lengths
+    from mtkit.data.run_tokenizer import get_tokenizer
+    from mtkit.training.rundir import Run
 
     cfg = load_config(config, [f"train.batch_tokens={batch_tokens}", *overrides])
     run_dir = run_dir or Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = runsetup.Run(dir=run_dir, tokenizer=runsetup.get_tokenizer(cfg, run_dir))
-    train_ds, _ = runsetup.prepare_data(cfg, run)
+    run = Run(dir=run_dir, tokenizer=get_tokenizer(cfg, run_dir))
+    train_ds, _ = prepare_data(cfg.data, run.tokenizer, run_dir / "cache")
     src_lens, tgt_lens = token_lengths(train_ds)
     batches = iter(TokenBatchSampler(src_lens, tgt_lens, batch_tokens, seed=cfg.seed))
     return cfg, run, train_ds, batches
@@ -80,15 +81,16 @@ def main() -> None:
 
     import torch
 
-    from mtkit.attention import MultiHeadAttention
-    from mtkit.data import make_batch
-    from mtkit.distributed import World
+    from mtkit.data.padding import make_batch
+    from mtkit.data.tokenizer import PAD_ID
     from mtkit.hardware import cpu_capability, matmul_flops, native_bf16
     from mtkit.memory import keep_freed_memory, peak_rss_mb
-    from mtkit.model import Transformer
-    from mtkit.runlog import setup_logging
-    from mtkit.tokenizer import PAD_ID
-    from mtkit.train import make_optimizer, rows, train_step
+    from mtkit.model.attention import MultiHeadAttention
+    from mtkit.model.transformer import Transformer
+    from mtkit.training.distributed import World
+    from mtkit.training.runlog import setup_logging
+    from mtkit.training.sampling import rows
+    from mtkit.training.step import make_learner
 
     setup_logging(-1)
     fused_qkv = MultiHeadAttention.forward
@@ -101,16 +103,15 @@ def main() -> None:
     precisions = [p for p in args.precisions if p not in emulated]
     if not precisions:
         sys.exit(f"error: nothing to time: bf16 is emulated here ({bf16_why}); add --precisions fp32")
-    models = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> (model, forward module, optimizer)
+    learners = {}  # setting ("fp32", "bf16", "bf16+compile", ...) -> its Learner (model, optimizer, autocast)
     settings = (precisions + ([f"{p}+compile" for p in precisions] if args.compile else [])
                 + ([f"{p}+separate-qkv" for p in precisions] if args.separate_qkv else [])
                 + ([f"{p}+pad{args.pad_to}" for p in precisions] if args.pad_to else []))
     for setting in settings:
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
-        net = torch.compile(model, dynamic=True) if setting.endswith("+compile") else model
-        models[setting] = (model, net, make_optimizer(model, cfg))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+        setting_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=setting.endswith("+compile")))
+        learners[setting] = make_learner(model, setting_cfg, "cpu", setting.split("+")[0], World())
     peaks = {"fp32": matmul_flops(torch.float32, 0.25)}  # (FLOP/s, n)
     if bf16_native:
         peaks["bf16"] = matmul_flops(torch.bfloat16, 0.25)
@@ -125,13 +126,11 @@ def main() -> None:
         for setting in settings:
             pad_to = args.pad_to if "+pad" in setting else 1
             round_batches = [make_batch(*r, pad_to=pad_to) for r in round_rows]
-            model, net, optimizer = models[setting]
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting.startswith("bf16") else nullcontext()
             MultiHeadAttention.forward = separate_qkv if setting.endswith("+separate-qkv") else fused_qkv
             for i, batch in enumerate(round_batches):
                 n = int((batch["tgt_out"] != PAD_ID).sum())
                 t0 = time.perf_counter()
-                train_step(net, model, optimizer, scaler, [batch], n, cfg, "cpu", autocast, World())
+                learners[setting].step([batch], n)
                 if i >= args.warmup:
                     per_step[setting].append(time.perf_counter() - t0)
                     tokens[setting].append(n)
@@ -139,10 +138,10 @@ def main() -> None:
                         shapes.append((batch["src"].shape[1], batch["tgt_in"].shape[1]))
     src_len = statistics.mean(s for s, _ in shapes)
     tgt_len = statistics.mean(t for _, t in shapes)
-    flops = models[settings[0]][0].flops_per_target_token(round(src_len), round(tgt_len))
+    flops = learners[settings[0]].model.flops_per_target_token(round(src_len), round(tgt_len))
     result = {"config": str(args.config), "batch_tokens": args.batch_tokens, "threads": args.threads, "malloc": malloc,
               "torch": torch.__version__, "cpu_capability": cpu_capability(), "native_bf16": bf16_native,
-              "params": models[settings[0]][0].num_parameters(), "mflop_per_target_token": round(flops / 1e6, 1),
+              "params": learners[settings[0]].model.num_parameters(), "mflop_per_target_token": round(flops / 1e6, 1),
               "matmul_peak_gflops": {"fp32": round(peaks["fp32"][0] / 1e9, 1),
                                      "bf16": round(peaks["bf16"][0] / 1e9, 1) if bf16_native else "emulated"},
               "precisions": {}}

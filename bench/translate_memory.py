@@ -27,8 +27,8 @@ BLOCK = 1000  # distinct lines, repeated to the wanted length
 
 def tiny_model(root: Path) -> Path:
     from mtkit.config import load_config
-    from mtkit.synthetic import write_task
-    from mtkit.train import train
+    from mtkit.data.synthetic import write_task
+    from mtkit.training.train import train
 
     data = root / "data"
     write_task(data, task="reverse", train=400, dev=BLOCK, test=10, seed=3)

@@ -2,8 +2,12 @@
 
 Each command parses its options, calls one function of the package and prints the result. An
 MtkitError becomes one `error: ...` line on stderr and its exit code, no traceback (`--debug` or
-MTKIT_DEBUG=1 shows it). torch, datasets and sacrebleu are imported inside commands, so `--help`
-and config errors answer at once.
+MTKIT_DEBUG=1 shows it).
+
+This is the one module of the package that imports inside functions, on purpose: each command
+imports the stage it runs when it runs, so `mtkit --help`, `--version` and a config error answer
+at once instead of after loading torch, datasets and sacrebleu (seconds), and a command never
+loads the stages it does not use.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def handles_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from mtkit.runlog import setup_logging
+        from mtkit.training.runlog import setup_logging
 
         setup_logging(STATE.get("verbosity", 0))
         try:
@@ -101,7 +105,7 @@ def data_ding(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different corpus already in --out."),
 ):
     """Build the Ding German-English corpus from Debian's trans-de-en package."""
-    from mtkit.ding import build_ding
+    from mtkit.data.ding import build_ding
 
     counts = build_ding(out, source=source, overwrite=overwrite)
     typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
@@ -116,7 +120,7 @@ def data_synthetic(
     seed: int = typer.Option(1, "--seed", help="Random seed."),
 ):
     """Write a synthetic copy/reverse corpus (for configs/tiny-reverse.yaml and smoke tests)."""
-    from mtkit.synthetic import write_task
+    from mtkit.data.synthetic import write_task
 
     if task not in ("copy", "reverse"):
         raise ConfigError(f"--task: expected copy or reverse (got {task!r})")
@@ -129,8 +133,8 @@ def data_synthetic(
 def data_check(config: Path = typer.Argument(..., help="YAML config."), set_: Optional[List[str]] = SetOpt):
     """Report on a config's data: pairs, drops by reason, lengths, tokenizer coverage."""
     from mtkit.config import load_config
-    from mtkit.data import check_report
-    from mtkit.tokenizer import Tokenizer
+    from mtkit.data.check import check_report
+    from mtkit.data.tokenizer import Tokenizer
 
     cfg = load_config(config, set_ or [])
     tok_dir = Path(cfg.run_dir) / "tokenizer"
@@ -152,7 +156,7 @@ def tokenizer_cmd(
 ):
     """Train the SentencePiece tokenizer into RUN_DIR/tokenizer (train does this when missing)."""
     from mtkit.config import load_config
-    from mtkit.runsetup import get_tokenizer
+    from mtkit.data.run_tokenizer import get_tokenizer
 
     cfg = load_config(config, set_ or [])
     run_dir = Path(cfg.run_dir)
@@ -170,16 +174,16 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the run dir's checkpoints and start afresh."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights."),
     devices: int = typer.Option(1, "--devices", min=1, help="Processes on this machine, one per GPU (or CPU"
-                                " share): launches torchrun's engine. Many machines: see README."),
+                                " share): launches torchrun's engine. Many machines: see docs/training.md."),
 ):
     """Train a Transformer; running it again on the same run dir resumes exactly."""
     from mtkit.config import load_config
-    from mtkit.interrupt import Interrupted
-    from mtkit.train import train
+    from mtkit.training.interrupt import Interrupted
+    from mtkit.training.train import train
 
     cfg = load_config(config, set_ or [])
     if devices > 1:
-        from mtkit.distributed import launch
+        from mtkit.training.distributed import launch
 
         verbosity = {-1: ["-q"], 1: ["-v"]}.get(STATE.get("verbosity", 0), [])
         args = [*(["--debug"] if debug_on() else []), *verbosity, "train", str(config), *(f"--set={s}" for s in set_ or []),
@@ -211,7 +215,8 @@ def translate_cmd(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Translate a file or stdin: exactly one output line per input line, in order."""
-    from mtkit.translate import load_for_decoding, translate_file
+    from mtkit.decoding.loading import load_for_decoding
+    from mtkit.decoding.translate import translate_file
 
     net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, nbest, batch_tokens, engine)
     if output is not None and output.exists():
@@ -237,7 +242,8 @@ def evaluate_cmd(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures)."""
-    from mtkit.evaluate import evaluate, format_scores
+    from mtkit.decoding.evaluate import evaluate
+    from mtkit.decoding.scoring import format_scores
 
     result = evaluate(model, src, ref, hyp, valid, device=device, overrides=set_ or [], beam=beam, greedy=greedy,
                       batch_tokens=batch_tokens, engine=engine, output=output)
@@ -257,7 +263,8 @@ def average_cmd(
     last: Optional[int] = typer.Option(None, "--last", help="With a run dir: average its newest N step-*.pt."),
 ):
     """Average the weights of several checkpoints of one model (e.g. the last N saves)."""
-    from mtkit.checkpoint import average_checkpoints, checkpoints_to_average, save_checkpoint
+    from mtkit.model.checkpoint import save_checkpoint
+    from mtkit.tools.average import average_checkpoints, checkpoints_to_average
 
     paths = checkpoints_to_average(list(checkpoints), last)
     if output.exists():
@@ -278,7 +285,7 @@ def export_cmd(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Export a trained model for CTranslate2 (translate it with `mtkit translate DIR --engine ctranslate2`)."""
-    from mtkit.ct2 import export
+    from mtkit.decoding.ct2 import export
 
     if format != "ctranslate2":
         raise ConfigError(f"--format: only ctranslate2 is supported (got {format!r})")
@@ -301,8 +308,9 @@ def inspect_attention_cmd(
     as_json: bool = typer.Option(False, "--json", help="Write the weights as JSON instead (to -o or stdout)."),
 ):
     """Attention heat maps of one sentence pair: encoder self, decoder self, encoder-decoder."""
-    from mtkit.inspection import attention_maps
-    from mtkit.translate import load_model
+    from mtkit import files
+    from mtkit.model.loading import load_model
+    from mtkit.tools.inspection import attention_maps
 
     if output is None and not as_json:
         raise ConfigError("give -o PICTURE (e.g. -o attn.png), or --json to print the weights")
@@ -313,11 +321,9 @@ def inspect_attention_cmd(
         if output is None:
             typer.echo(text)
             return
-        from mtkit.runsetup import write_atomic
-
-        write_atomic(output, text + "\n")
+        files.write_text(output, text + "\n")
     else:
-        from mtkit.plots import draw_attention
+        from mtkit.tools.plots import draw_attention
 
         draw_attention(maps, output, layer, head)
     typer.echo(f"attention of {' '.join(maps.src_pieces)} -> {' '.join(maps.tgt_pieces)} written to {output}", err=True)
@@ -331,8 +337,8 @@ def inspect_positions_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Picture to write."),
 ):
     """The sinusoidal position encodings (section 3.5) as a heat map and a few curves."""
-    from mtkit.inspection import position_table
-    from mtkit.plots import draw_positions
+    from mtkit.tools.inspection import position_table
+    from mtkit.tools.plots import draw_positions
 
     if d_model < 2 or length < 1:
         raise ConfigError(f"--d-model must be >= 2 and --length >= 1 (got {d_model}, {length})")
@@ -347,7 +353,7 @@ def plot_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Picture to write."),
 ):
     """Training curves (train loss, dev ppl, dev BLEU, learning rate) of one or more runs."""
-    from mtkit.plots import draw_curves
+    from mtkit.training.curves import draw_curves
 
     draw_curves(list(run_dirs), output)
     typer.echo(f"curves of {len(run_dirs)} run(s) written to {output}", err=True)
@@ -362,14 +368,14 @@ def info_cmd(
     """Versions, CPU, native bf16, threads and GPUs (what `precision: auto` picks here, for bug
     reports); with MODEL, what that model was trained from and on (its run manifest)."""
     if model is not None:
-        from mtkit.manifest import format_manifest, manifest_of
+        from mtkit.training.manifest import format_manifest, manifest_of
 
         manifest = manifest_of(model)
         typer.echo(json.dumps(manifest) if as_json else format_manifest(manifest))
         return
-    from mtkit.hardware import format_report, machine_report
+    from mtkit.tools.info import format_report, info_report
 
-    report = machine_report()
+    report = info_report()
     typer.echo(json.dumps(report) if as_json else format_report(report))
 
 
@@ -378,7 +384,7 @@ def main() -> None:
     if "--debug" in sys.argv[1:]:
         STATE["debug"] = True
     if "WORLD_SIZE" in os.environ:  # one of torchrun's processes (or --devices N's): see run_then_exit
-        from mtkit.distributed import run_then_exit
+        from mtkit.training.distributed import run_then_exit
 
         run_then_exit(app)
     app()

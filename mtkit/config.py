@@ -48,7 +48,7 @@ class DataConfig:
     num_proc: Optional[int] = None  # processes for encoding; null = min(4, CPU cores)
     upsample_min_len: Optional[int] = None  # training pairs with a source this long (tokens) or longer ...
     upsample_pattern: Optional[str] = None  # ... or whose source matches this regex (Python re.search) ...
-    upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see README "Data sources")
+    upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see docs/data.md)
     upsample_schedule: Optional[tuple[int, ...]] = None  # a factor per epoch instead, the last for all later ones
 
     @property
@@ -107,7 +107,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 where native, else fp32 (hardware.py)
     threads: Optional[int] = None  # CPU threads for torch; null = all cores
     max_bad_steps: int = 5  # NaN/inf or out-of-memory steps skipped before training stops
-    compile: bool = False  # run the training forward through torch.compile (see README: measured)
+    compile: bool = False  # run the training forward through torch.compile (docs/results.md: measured slower on CPUs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,7 +118,7 @@ class DecodeConfig:
     max_len_b: int = 10
     nbest: int = 1  # hypotheses returned per sentence (<= beam_size)
     stopping: Literal["early", "exact"] = "early"  # when a beam-search sentence stops (see search.py)
-    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # matmuls while translating (translate.cast_for_decoding)
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # matmuls while translating (decoding/precision.py)
     batch_tokens: int = 4096  # padded source tokens x beam_size per decoding batch (memory grows with both)
     max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
 

@@ -3,7 +3,8 @@
 `from_dict` builds a frozen dataclass from parsed YAML, checking each value against the field's
 type and appending every problem (with its key path) to a list instead of stopping at the first;
 `cross_field_problems` adds the rules that involve values and several fields. Reading YAML and
-applying `--set` overrides happen in config.py.
+applying `--set` overrides happen in config.py, which imports this module; so the sections are
+passed in untyped here (`Any`: config.Config and its sections), never imported back.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import difflib
 import re
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from mtkit.config import Config, SplitConfig
+from typing import Any, Literal
 
 
 def from_dict(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
@@ -99,30 +97,40 @@ def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bo
     raise AssertionError(f"config type {tp} of {path} is not handled")  # a bug in this file
 
 
-def cross_field_problems(cfg: Config) -> list[str]:
-    """Ranges and rules that involve more than one field's type."""
-    p: list[str] = []
-    d, tok, m, t, dec = cfg.data, cfg.tokenizer, cfg.model, cfg.train, cfg.decode
-
-    def positive(path: str, value: float | None, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            p.append(f"{path}: must be {'>= 0' if allow_zero else '> 0'} (got {value})")
-
-    def fraction(path: str, value: float, top_inclusive: bool = False) -> None:
-        if not (0.0 <= value < 1.0 or (top_inclusive and value == 1.0)):
-            p.append(f"{path}: must be in [0, 1{']' if top_inclusive else ')'} (got {value})")
-
-    for name, split in (("train", d.train), ("valid", d.valid), ("test", d.test)):
+def cross_field_problems(cfg: Any) -> list[str]:
+    """Ranges and rules that involve more than one field's type, section by section."""
+    p = _Problems()
+    for name, split in (("train", cfg.data.train), ("valid", cfg.data.valid), ("test", cfg.data.test)):
         if split is not None:
             p.extend(split_problems(f"data.{name}", split))
-    positive("data.max_len", d.max_len)
+    _data_problems(p, cfg.data)
+    _model_problems(p, cfg.tokenizer, cfg.model)
+    _train_problems(p, cfg.train)
+    _decode_problems(p, cfg.decode)
+    return p
+
+
+class _Problems(list):
+    """Problems found so far, with the range checks most fields need."""
+
+    def positive(self, path: str, value: float | None, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            self.append(f"{path}: must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+    def fraction(self, path: str, value: float, top_inclusive: bool = False) -> None:
+        if not (0.0 <= value < 1.0 or (top_inclusive and value == 1.0)):
+            self.append(f"{path}: must be in [0, 1{']' if top_inclusive else ')'} (got {value})")
+
+
+def _data_problems(p: _Problems, d: Any) -> None:
+    p.positive("data.max_len", d.max_len)
     if d.max_len_ratio < 1.0:
         p.append(f"data.max_len_ratio: must be >= 1 (got {d.max_len_ratio})")
-    positive("data.num_proc", d.num_proc)
-    positive("data.upsample_min_len", d.upsample_min_len)
-    positive("data.upsample_factor", d.upsample_factor)
+    p.positive("data.num_proc", d.num_proc)
+    p.positive("data.upsample_min_len", d.upsample_min_len)
+    p.positive("data.upsample_factor", d.upsample_factor)
     for i, factor in enumerate(d.upsample_schedule or ()):
-        positive(f"data.upsample_schedule[{i}]", factor)
+        p.positive(f"data.upsample_schedule[{i}]", factor)
     if d.upsample_schedule is not None and d.upsample_factor != 1:
         p.append(f"data.upsample_schedule: give it or data.upsample_factor (now {d.upsample_factor}), not both")
     for key, factor in (("upsample_factor", d.upsample_factor), ("upsample_schedule", max(d.upsample_schedule or [1]))):
@@ -135,55 +143,63 @@ def cross_field_problems(cfg: Config) -> list[str]:
             re.compile(d.upsample_pattern)
         except re.error as e:
             p.append(f"data.upsample_pattern: not a regular expression ({e}): {d.upsample_pattern!r}")
+
+
+def _model_problems(p: _Problems, tok: Any, m: Any) -> None:
     if tok.vocab_size < 8:
         p.append(f"tokenizer.vocab_size: must be >= 8 (got {tok.vocab_size})")
     if not 0.98 <= tok.character_coverage <= 1.0:  # SentencePiece refuses anything lower
         p.append(f"tokenizer.character_coverage: must be in [0.98, 1] (got {tok.character_coverage})")
-    positive("tokenizer.input_sentence_size", tok.input_sentence_size)
+    p.positive("tokenizer.input_sentence_size", tok.input_sentence_size)
     for key in ("d_model", "heads", "d_ff", "encoder_layers", "decoder_layers"):
-        positive(f"model.{key}", getattr(m, key))
+        p.positive(f"model.{key}", getattr(m, key))
     if m.d_model > 0 and m.heads > 0 and m.d_model % m.heads:
         p.append(f"model.heads: must divide model.d_model={m.d_model} (got {m.heads})")
-    fraction("model.dropout", m.dropout)
-    fraction("model.attention_dropout", m.attention_dropout)
+    p.fraction("model.dropout", m.dropout)
+    p.fraction("model.attention_dropout", m.attention_dropout)
     if m.tie_embeddings and not tok.joint:
         p.append("model.tie_embeddings: needs tokenizer.joint: true (one shared vocabulary);"
                  " set one of them to the other's value")
+
+
+def _train_problems(p: _Problems, t: Any) -> None:
     for key in ("batch_tokens", "accum_steps", "lr", "adam_eps", "eval_every", "log_every"):
-        positive(f"train.{key}", getattr(t, key))
+        p.positive(f"train.{key}", getattr(t, key))
     for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps",
                 "dropout_after_epochs"):
-        positive(f"train.{key}", getattr(t, key), allow_zero=True)
+        p.positive(f"train.{key}", getattr(t, key), allow_zero=True)
     for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads", "pad_to_multiple"):
-        positive(f"train.{key}", getattr(t, key))
-    fraction("train.label_smoothing", t.label_smoothing)
-    fraction("train.ema_decay", t.ema_decay)
-    fraction("train.cooldown", t.cooldown, top_inclusive=True)
+        p.positive(f"train.{key}", getattr(t, key))
+    p.fraction("train.label_smoothing", t.label_smoothing)
+    p.fraction("train.ema_decay", t.ema_decay)
+    p.fraction("train.cooldown", t.cooldown, top_inclusive=True)
     if t.cooldown > 0 and t.max_steps is None and t.max_epochs is None and t.max_time is None:
         p.append(f"train.cooldown: is a fraction of the budget, but no budget is set (got {t.cooldown});"
                  " set train.max_steps, max_epochs or max_time")
     for i, beta in enumerate(t.adam_betas):
-        fraction(f"train.adam_betas[{i}]", beta)
+        p.fraction(f"train.adam_betas[{i}]", beta)
     if t.max_time is not None:
         try:
             parse_duration(t.max_time)
         except ValueError as e:
             p.append(f"train.max_time: {e}")
-    positive("decode.beam_size", dec.beam_size)
-    positive("decode.length_penalty", dec.length_penalty, allow_zero=True)
-    positive("decode.max_len_a", dec.max_len_a, allow_zero=True)
-    positive("decode.max_len_b", dec.max_len_b, allow_zero=True)
-    positive("decode.batch_tokens", dec.batch_tokens)
-    positive("decode.nbest", dec.nbest)
-    positive("decode.max_input_tokens", dec.max_input_tokens)
+
+
+def _decode_problems(p: _Problems, dec: Any) -> None:
+    p.positive("decode.beam_size", dec.beam_size)
+    p.positive("decode.length_penalty", dec.length_penalty, allow_zero=True)
+    p.positive("decode.max_len_a", dec.max_len_a, allow_zero=True)
+    p.positive("decode.max_len_b", dec.max_len_b, allow_zero=True)
+    p.positive("decode.batch_tokens", dec.batch_tokens)
+    p.positive("decode.nbest", dec.nbest)
+    p.positive("decode.max_input_tokens", dec.max_input_tokens)
     if dec.nbest > dec.beam_size > 0:
         p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
     if dec.max_len_a == 0 and dec.max_len_b == 0:
         p.append("decode.max_len_b: max_len_a and max_len_b are both 0, so no output could be produced")
-    return p
 
 
-def split_problems(prefix: str, s: SplitConfig) -> list[str]:
+def split_problems(prefix: str, s: Any) -> list[str]:
     """A split names exactly one source: src+tgt files, one `path`, or a `hub` dataset."""
     kinds = [k for k, on in (("src/tgt", s.src or s.tgt), ("path", s.path), ("hub", s.hub)) if on]
     if len(kinds) != 1:

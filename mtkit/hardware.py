@@ -4,18 +4,22 @@ bf16 matmuls are fast only where the hardware multiplies bf16: CPUs with AVX-512
 from Ampere on. Elsewhere torch emulates them: on an AVX2-only CPU a bf16 matmul ran at 0.3-3
 GFLOP/s against 76-220 for fp32, and bf16 training made 3 updates where fp32 made 95. So
 `train.precision: auto` and `decode.precision: auto` ask the hardware, never a development
-machine's habits. MTKIT_NATIVE_BF16=0 or 1 overrides the answer (for a virtual machine that hides
-CPU flags, or to try the other path).
+machine's habits (decoding's int8 choice is decoding/precision.py's). MTKIT_NATIVE_BF16=0 or 1
+overrides the answer (for a virtual machine that hides CPU flags, or to try the other path).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import platform
 import time
 from typing import Any
 
+import torch
+
+from mtkit import __version__
 from mtkit.errors import TrainingError
 
 log = logging.getLogger("mtkit")
@@ -25,15 +29,11 @@ NATIVE_BF16_ENV = "MTKIT_NATIVE_BF16"
 
 def cpu_capability() -> str:
     """The vector instruction set torch's CPU kernels use here: "AVX512", "AVX2", "DEFAULT", ..."""
-    import torch
-
     return torch.backends.cpu.get_cpu_capability()
 
 
 def resolve_device(name: str) -> str:
     """train.device / --device: "auto" is cuda when a GPU is visible, else cpu."""
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -47,8 +47,6 @@ def native_bf16(device: str = "cpu") -> tuple[bool, str]:
     if override in ("0", "1"):
         return override == "1", f"{NATIVE_BF16_ENV}={override} is set"
     if device.startswith("cuda"):
-        import torch
-
         name = torch.cuda.get_device_name(device)
         try:
             native = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -61,8 +59,6 @@ def native_bf16(device: str = "cpu") -> tuple[bool, str]:
 
 
 def _cpu_native_bf16() -> tuple[bool, str]:
-    import torch
-
     capability = cpu_capability()
     try:  # oneDNN's own answer; it also honours ONEDNN_MAX_CPU_ISA
         onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -114,38 +110,11 @@ def resolve_precision(requested: str, device: str, key: str = "train.precision",
     return "bf16", f"{key} bf16 as asked ({why})"
 
 
-def resolve_decode_precision(requested: str, device: str) -> tuple[str, str]:
-    """decode.precision to run with, and why: int8 (CPUs only) as asked, or what auto picks on a CPU
-    where 8-bit matmuls are at least INT8_MIN_SPEEDUP x as fast as fp32 (timed here: quantize.py);
-    otherwise as resolve_precision (auto: bf16 where native, else fp32).
-
-    On the Ding model int8 and bf16 each stayed within 0.2 BLEU of fp32 on dev (BENCHMARKS.md).
-    """
-    if requested == "int8" and not device.startswith("cpu"):
-        from mtkit.errors import ConfigError
-
-        raise ConfigError(f"decode.precision: int8 runs on CPUs only (device {device}); use auto, bf16 or fp32")
-    if requested == "auto" and device.startswith("cpu"):
-        from mtkit.quantize import int8_speedup
-
-        speedup = int8_speedup()
-        if speedup >= INT8_MIN_SPEEDUP:
-            return "int8", f"decode.precision auto -> int8: 8-bit matmuls run {speedup:.1f}x as fast as fp32 here"
-        precision, why = resolve_precision("auto", device, "decode.precision")
-        return precision, f"{why}; not int8: 8-bit matmuls run {speedup:.1f}x as fast as fp32 here"
-    return resolve_precision(requested, device, "decode.precision")
-
-
-INT8_MIN_SPEEDUP = 1.3  # int8 rounds every matmul; it is worth it only where it is clearly faster
-
-
 def matmul_flops(dtype, seconds: float = 0.1, max_n: int = 2048, device: str = "cpu") -> tuple[float, int]:
     """(FLOP/s, n) of an n x n x n matmul in `dtype`, in about `seconds` whatever the dtype costs.
 
     n doubles from 256 to `max_n` while one call takes under a 30th of the time: an emulated dtype
     stops at a small size after one slow call instead of spending minutes on a large one."""
-    import torch
-
     n = 256
     while True:
         a = torch.randn(n, n, dtype=dtype, device=device)
@@ -171,8 +140,6 @@ def matmul_flops(dtype, seconds: float = 0.1, max_n: int = 2048, device: str = "
 
 def bf16_slowdown(device: str = "cpu") -> float:
     """How many times slower a bf16 matmul is than fp32 here (well under a second of timing)."""
-    import torch
-
     fp32, n = matmul_flops(torch.float32, 0.05, max_n=256, device=device)
     bf16, _ = matmul_flops(torch.bfloat16, 0.05, max_n=n, device=device)
     return fp32 / bf16
@@ -181,18 +148,12 @@ def bf16_slowdown(device: str = "cpu") -> float:
 def sync(device: str) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously), before reading a clock."""
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
 
 
 def machine_report() -> dict[str, Any]:
-    """Versions and hardware facts for a bug report (`mtkit info`)."""
-    import importlib.metadata
-
-    import torch
-
-    from mtkit import __version__
+    """Versions and hardware facts for a bug report and a run's manifest (`mtkit info` adds what
+    decode.precision auto picks: tools/info.py)."""
 
     def version(package: str) -> str:
         try:
@@ -214,7 +175,6 @@ def machine_report() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "auto_precision_cpu": "bf16" if cpu_bf16 else "fp32",  # train.precision auto
-        "auto_decode_precision_cpu": resolve_decode_precision("auto", "cpu")[0],
         "gpus": [],
     }
     if torch.cuda.is_available():
@@ -229,17 +189,3 @@ def machine_report() -> dict[str, Any]:
 
 def _cpu_name() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """`machine_report()` as aligned `key: value` lines."""
-    lines = []
-    for key, value in report.items():
-        if key == "gpus":
-            value = "none" if not value else "; ".join(
-                f"{g['name']} ({g['memory_gib']} GiB, sm {g['capability']}, native bf16 {'yes' if g['native_bf16'] else 'no'})"
-                for g in value)
-        elif isinstance(value, bool):
-            value = "yes" if value else "no"
-        lines.append(f"{key + ':':<22}{value}")
-    return "\n".join(lines)

@@ -9,11 +9,14 @@ freed memory in the heap lets the next update reuse it.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
 import resource
 import sys
+
+import torch
 
 log = logging.getLogger("mtkit")
 
@@ -34,8 +37,6 @@ def keep_freed_memory() -> bool:
     bound_kernel_cache()
     applied = False
     if sys.platform.startswith("linux") and os.environ.get("MTKIT_MALLOC", "") != "system":
-        import ctypes
-
         try:
             libc = ctypes.CDLL("libc.so.6")
             applied = bool(libc.mallopt(_M_MMAP_MAX, 0)  # no mmap per block: all from the heap
@@ -62,8 +63,6 @@ def bound_kernel_cache() -> None:
 
 def peak_memory_mb(device: str) -> dict[str, int]:
     """This process's peak resident memory (and the GPU's peak allocation on CUDA), in MB."""
-    import torch
-
     peak = {"rss": peak_rss_mb()}
     if device.startswith("cuda"):
         peak["gpu"] = torch.cuda.max_memory_allocated(device) // 2**20

@@ -6,10 +6,12 @@ for the whole session (so no test writes into ~/.cache) and datasets runs offlin
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +47,68 @@ def pytest_configure(config: pytest.Config) -> None:
     }.items():
         _SAVED_ENV[key] = os.environ.get(key)
         os.environ[key] = value
+    _watch_heavy_work()
+
+
+# ----------------------------------------------------------------------------- `slow` means what it says
+# A test that trains a model (Trainer.run) or starts a process, itself or through its fixtures, must be
+# marked slow: unmarked ones fail, so `make test-fast` (-m "not slow") stays under a minute.
+# A fixture that did such work (a module-scoped trained model, say) makes every test using it slow.
+_RUNNING: dict[str, str | None] = {"test": None}  # the test whose setup, call or teardown runs now
+_FIXTURES: list[str] = []  # the fixtures being set up now, innermost last
+_HEAVY: dict[str, set[str]] = {}  # test id -> what heavy work it did
+_HEAVY_FIXTURES: dict[str, str] = {}  # fixture name -> what heavy work it did
+
+
+def _record(what: str, fn: Callable, ignore: Callable[..., bool] = lambda *a, **k: False) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if ignore(*args, **kwargs):
+            return fn(*args, **kwargs)
+        if _RUNNING["test"] is not None:
+            _HEAVY.setdefault(_RUNNING["test"], set()).add(what)
+        for name in _FIXTURES:
+            _HEAVY_FIXTURES[name] = what
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _watch_heavy_work() -> None:
+    from mtkit.training.trainer import Trainer
+
+    Trainer.run = _record("trains a model", Trainer.run)
+    # platform.platform() asks `uname -p` once per process: the standard library's business, not a test's.
+    subprocess.Popen.__init__ = _record("starts a process", subprocess.Popen.__init__,
+                                        ignore=lambda self, args, *_, **__: list(args)[:1] == ["uname"])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _RUNNING["test"] = item.nodeid  # before its fixtures are set up: a module fixture's training counts
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    _FIXTURES.append(fixturedef.argname)
+    try:
+        yield
+    finally:
+        _FIXTURES.pop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = (yield).get_result()
+    if call.when == "teardown":
+        _RUNNING["test"] = None
+        heavy = _HEAVY.pop(item.nodeid, set())
+        heavy |= {f"uses fixture {name!r}, which {what}" for name, what in _HEAVY_FIXTURES.items()
+                  if name in getattr(item, "fixturenames", ())}
+        if heavy and item.get_closest_marker("slow") is None and report.passed:
+            report.outcome = "failed"
+            report.longrepr = (f"{item.nodeid} {' and '.join(sorted(heavy))} but is not marked"
+                               " @pytest.mark.slow (make test-fast must stay fast)")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -95,16 +159,21 @@ def de_en_pairs() -> list[tuple[str, str]]:
     return list(DE_EN)
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
+@functools.cache
+def tokenizer_for_tests():
     """A joint unigram tokenizer over DE_EN and the reverse-task words (trains in ~0.1 s)."""
     from mtkit.config import TokenizerConfig
-    from mtkit.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer import train_tokenizer
 
     extra = [a for a, _ in reverse_pairs(300, seed=99)]
     src = [a for a, _ in DE_EN] * 5 + extra
     tgt = [b for _, b in DE_EN] * 5 + extra
     return train_tokenizer(TokenizerConfig(vocab_size=120), src, tgt)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return tokenizer_for_tests()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from mtkit.batching import TokenBatchSampler, padding_stats
+from mtkit.data.batching import TokenBatchSampler, padding_stats
 from mtkit.errors import CheckpointError, DataError
 
 
@@ -148,7 +148,7 @@ def test_resume_with_another_shard_count_continues_at_the_same_share_of_the_epoc
 def test_pad_to_counts_padded_lengths_and_makes_few_shapes():
     """With pad_to 8 a batch's cost is counted as make_batch pads it, so the padded batch still fits
     the budget, and the batches come in far fewer distinct shapes."""
-    from mtkit.data import make_batch
+    from mtkit.data.padding import make_batch
 
     src, tgt = lengths()
     shapes = {}

@@ -7,8 +7,11 @@ import pickle
 import pytest
 import torch
 
-from mtkit import checkpoint as ck
+from mtkit import files
 from mtkit.errors import CheckpointError
+from mtkit.model import checkpoint as ck
+from mtkit.tools.average import average_checkpoints
+from mtkit.training.rundir import find_resume
 
 STATE = {"config": {"x": 1}, "model": {"w": torch.ones(3)}, "tokenizer": {"src": b"spm"}, "step": 7}
 
@@ -29,7 +32,7 @@ def test_crash_between_write_and_rename_keeps_old_file(tmp_path, monkeypatch):
     def crash(tmp, final):
         raise KeyboardInterrupt  # stands for a kill at this exact moment
 
-    monkeypatch.setattr(ck, "_before_rename_hook", crash)
+    monkeypatch.setattr(files, "_before_place", crash)
     with pytest.raises(KeyboardInterrupt):
         ck.save_checkpoint(p, {**STATE, "step": 8})
     assert ck.load_checkpoint(p)["step"] == 7
@@ -43,7 +46,7 @@ def test_disk_full_says_so_and_keeps_previous(tmp_path, monkeypatch):
     def full(tmp, final):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ck, "_before_rename_hook", full)
+    monkeypatch.setattr(files, "_before_place", full)
     with pytest.raises(CheckpointError, match="disk full"):
         ck.save_checkpoint(p, {**STATE, "step": 8})
     assert ck.load_checkpoint(p)["step"] == 7
@@ -110,33 +113,33 @@ def test_find_resume_falls_back_past_a_damaged_last(tmp_path, caplog):
     ck.save_checkpoint(tmp_path / "step-10.pt", {**STATE, "step": 10})
     ck.save_checkpoint(tmp_path / "step-20.pt", {**STATE, "step": 20})
     ck.save_checkpoint(tmp_path / "last.pt", {**STATE, "step": 30})
-    assert ck.find_resume(tmp_path)[1]["step"] == 30
+    assert find_resume(tmp_path)[1]["step"] == 30
     (tmp_path / "last.pt").write_bytes(b"\0" * 100)
     with caplog.at_level(logging.WARNING, logger="mtkit"):
-        path, state = ck.find_resume(tmp_path)
+        path, state = find_resume(tmp_path)
     assert path.name == "step-20.pt" and state["step"] == 20
     assert "last.pt" in caplog.text
     data = (tmp_path / "step-20.pt").read_bytes()
     (tmp_path / "step-20.pt").write_bytes(data[:100])
-    assert ck.find_resume(tmp_path)[1]["step"] == 10
+    assert find_resume(tmp_path)[1]["step"] == 10
     (tmp_path / "empty").mkdir()
-    assert ck.find_resume(tmp_path / "empty") is None
+    assert find_resume(tmp_path / "empty") is None
 
 
 def test_average_means_weights_and_refuses_mismatch(tmp_path):
     a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
     ck.save_checkpoint(a, {**STATE, "model": {"w": torch.tensor([1.0, 2.0])}})
     ck.save_checkpoint(b, {**STATE, "model": {"w": torch.tensor([3.0, 6.0])}})
-    avg = ck.average_checkpoints([a, b])
+    avg = average_checkpoints([a, b])
     assert torch.equal(avg["model"]["w"], torch.tensor([2.0, 4.0]))
     ck.save_checkpoint(tmp_path / "avg.pt", avg)
     assert ck.load_checkpoint(tmp_path / "avg.pt")["tokenizer"] == STATE["tokenizer"]
     ck.save_checkpoint(c, {**STATE, "model": {"w": torch.ones(3)}})
     with pytest.raises(CheckpointError, match="differ in shape"):
-        ck.average_checkpoints([a, c])
+        average_checkpoints([a, c])
     ck.save_checkpoint(c, {**STATE, "tokenizer": {"src": b"other"}, "model": {"w": torch.ones(2)}})
     with pytest.raises(CheckpointError, match="different tokenizers"):
-        ck.average_checkpoints([a, c])
+        average_checkpoints([a, c])
 
 
 def test_resolve_model_path(tmp_path):

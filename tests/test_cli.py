@@ -120,6 +120,7 @@ def _mtkit(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_help_and_config_errors_answer_fast(tmp_path):
     """No torch/datasets/sacrebleu import on the way to --help or a config error."""
     t0 = time.monotonic()
@@ -137,8 +138,8 @@ def test_help_and_config_errors_answer_fast(tmp_path):
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     """SIGKILL after a save loses only the steps since it; the resumed run ends bit-identical."""
 
-    from mtkit.checkpoint import load_checkpoint
-    from mtkit.train import train
+    from mtkit.model.checkpoint import load_checkpoint
+    from mtkit.training.train import train
     from tests.tinyrun import same_weights, tiny_config
 
     over = tiny_overrides(tmp_path, extra=["train.max_steps=40", "train.eval_every=10", "train.log_every=1"])
@@ -172,10 +173,10 @@ def test_kill_9_then_resume_under_a_time_budget_ends_as_an_uninterrupted_run_wit
     """train.max_time with a cooldown: where the cooldown begins, the time left becomes a number of
     updates (the plan, saved in checkpoints). A run killed after the plan and resumed ends at the
     planned update, bit-identical to an uninterrupted run that made the same plan."""
-    from mtkit import train as train_module
-    from mtkit.checkpoint import load_checkpoint
-    from mtkit.runlog import read_metrics
-    from mtkit.train import train
+    from mtkit.model.checkpoint import load_checkpoint
+    from mtkit.training import trainer as trainer_module
+    from mtkit.training.runlog import read_metrics
+    from mtkit.training.train import train
     from tests.tinyrun import same_weights, tiny_config
 
     budget = ["train.max_steps=null", "train.cooldown=0.5", "train.eval_every=10", "train.log_every=1",
@@ -201,7 +202,7 @@ def test_kill_9_then_resume_under_a_time_budget_ends_as_an_uninterrupted_run_wit
     assert r.returncode == 0, err
     assert load_checkpoint(tmp_path / "run/last.pt")["step"] == plan["end_step"]
     # The same plan, made at the same update, in a run never stopped (its clock is far from its budget).
-    monkeypatch.setattr(train_module, "make_time_plan", lambda step, *_: plan if step == plan["step"] else None)
+    monkeypatch.setattr(trainer_module, "make_time_plan", lambda step, *_: plan if step == plan["step"] else None)
     train(tiny_config(tmp_path, "straight", [*budget, "train.max_time=600s"]))
     assert same_weights(tmp_path / "run/last.pt", tmp_path / "straight/last.pt")
 

@@ -8,12 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from mtkit.cli import app
-from mtkit.ct2 import export, load_engine
-from mtkit.data import make_batch
-from mtkit.evaluate import score
-from mtkit.search import search
-from mtkit.train import train
-from mtkit.translate import decode_settings, load_model, translate_lines
+from mtkit.data.padding import make_batch
+from mtkit.decoding.ct2 import export, load_engine
+from mtkit.decoding.scoring import score
+from mtkit.decoding.search import search
+from mtkit.decoding.settings import decode_settings
+from mtkit.decoding.translate import translate_lines
+from mtkit.model.loading import load_model
+from mtkit.training.train import train
 from tests.tinyrun import make_data, tiny_config
 
 runner = CliRunner()

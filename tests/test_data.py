@@ -1,4 +1,4 @@
-"""data.py: every source format, every user error, encoding, filtering, make_batch, data check."""
+"""The data stage (sources, pairs, padding, upsample, check): every source format, every user error, encoding, filtering, make_batch, data check."""
 
 from __future__ import annotations
 
@@ -14,19 +14,18 @@ import pytest
 import torch
 
 from mtkit.config import Config, DataConfig, SplitConfig
-from mtkit.data import (
+from mtkit.data.check import check_report
+from mtkit.data.padding import make_batch
+from mtkit.data.pairs import (
     DropReport,
-    check_report,
     encode_pairs,
     filter_train,
-    load_pairs,
-    make_batch,
     prepare_eval,
     prepare_train,
-    source_matches,
     token_lengths,
-    upsample_index,
 )
+from mtkit.data.sources import load_pairs
+from mtkit.data.upsample import source_matches, upsample_index
 from mtkit.errors import DataError, MtkitError
 from tests.conftest import DE_EN, reverse_pairs, write_pairs
 
@@ -320,7 +319,7 @@ def test_encode_pairs_adds_int32_ids(tmp_path, tiny_tokenizer, de_en_files):
 
 def test_another_tokenizer_never_reuses_a_cached_encoding(tmp_path, tiny_tokenizer, de_en_files):
     from mtkit.config import TokenizerConfig
-    from mtkit.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer import train_tokenizer
 
     src, tgt = de_en_files
     ds = load(SplitConfig(src=str(src), tgt=str(tgt)), tmp_path)

@@ -11,8 +11,8 @@ import tarfile
 
 import pytest
 
-from mtkit import ding
-from mtkit.ding import build_ding, clean, deb_member
+from mtkit.data import ding
+from mtkit.data.ding import build_ding, clean, deb_member
 from mtkit.errors import DataError
 
 SENTENCES = 3300  # > 3 * 1000 plain sentences, so reserved, test and dev are all full
@@ -184,6 +184,7 @@ def test_bad_sources(tmp_path):
         build_ding(tmp_path / "out", source=tmp_path / "other")
 
 
+@pytest.mark.slow
 def test_no_source_anywhere_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.setattr(ding, "SYSTEM_DICT", tmp_path / "not-installed")
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get: nothing can reach the network
@@ -191,6 +192,7 @@ def test_no_source_anywhere_says_how_to_get_one(tmp_path, monkeypatch):
         build_ding(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("zstd") and shutil.which("dpkg-deb")), reason="needs zstd and dpkg-deb")
 def test_zstd_deb_falls_back_to_dpkg_deb(tmp_path, dict_file):
     data = tar_bytes({"./usr/share/trans/de-en": dict_file.read_bytes()}, "w")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtkit import distributed
-from mtkit.checkpoint import load_checkpoint
 from mtkit.errors import TrainingError
-from mtkit.train import train
+from mtkit.model.checkpoint import load_checkpoint
+from mtkit.training import distributed
+from mtkit.training.train import train
 from tests.tinyrun import checkpoint_weights, same_weights, tiny_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_a_torchrun_process_ends_with_its_exit_code_and_without_interpreter_tear
     # run_then_exit skips Python's teardown (where gloo's leftover threads can abort the process):
     # an atexit handler, which teardown would run, must not print; the code and output must survive.
     script = ("import atexit, logging, sys\n"
-              "from mtkit.distributed import run_then_exit\n"
+              "from mtkit.training.distributed import run_then_exit\n"
               "atexit.register(lambda: print('TEARDOWN', file=sys.stderr))\n"
               "logging.basicConfig(stream=sys.stderr)\n"
               "def main():\n"

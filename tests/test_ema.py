@@ -2,12 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
-from mtkit.checkpoint import load_checkpoint
-from mtkit.ema import EMA
-from mtkit.train import train
-from mtkit.translate import load_model
+from mtkit.model.checkpoint import load_checkpoint
+from mtkit.model.loading import load_model
+from mtkit.training.ema import EMA
+from mtkit.training.train import train
 from tests.tinyrun import tiny_config
 
 EMA_ON = ["train.ema_decay=0.9"]
@@ -32,6 +33,7 @@ def test_update_is_the_moving_average_with_its_ramp():
     assert all(w.requires_grad for w in model.parameters())  # the training weights are untouched
 
 
+@pytest.mark.slow
 def test_checkpoints_serve_the_average_and_validation_scores_it(tmp_path):
     train(tiny_config(tmp_path, extra=EMA_ON))
     state = load_checkpoint(tmp_path / "run/last.pt")
@@ -42,12 +44,13 @@ def test_checkpoints_serve_the_average_and_validation_scores_it(tmp_path):
     model, _, _ = load_model(tmp_path / "run/last.pt")
     assert all(torch.equal(v, average[k]) for k, v in model.state_dict().items())
     # The logged dev loss is the average's, not the training weights'.
-    from mtkit.runsetup import prepare_data, prepare_run
-    from mtkit.validate import Validator
+    from mtkit.data.pairs import prepare_data
+    from mtkit.training.rundir import prepare_run
+    from mtkit.training.validate import Validator
 
     cfg = tiny_config(tmp_path, extra=EMA_ON)
     run = prepare_run(cfg, for_training=False)
-    _, valid = prepare_data(cfg, run)
+    _, valid = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
     result = Validator(valid, run.tokenizer, cfg, "cpu").run(model)
     logged = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").open()]
     last_valid = [e for e in logged if e["event"] == "valid"][-1]
@@ -55,6 +58,7 @@ def test_checkpoints_serve_the_average_and_validation_scores_it(tmp_path):
     assert result["bleu"] == last_valid["bleu"]
 
 
+@pytest.mark.slow
 def test_resume_with_ema_equals_uninterrupted(tmp_path):
     """Both the training weights and the average end bit-identical to a run that never stopped."""
     train(tiny_config(tmp_path, "straight", EMA_ON))
@@ -67,6 +71,7 @@ def test_resume_with_ema_equals_uninterrupted(tmp_path):
             assert torch.equal(a[key][k], b[key][k]), (key, k)
 
 
+@pytest.mark.slow
 def test_off_by_default_keeps_one_set_of_weights(tmp_path):
     train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
     assert "train_weights" not in load_checkpoint(tmp_path / "run/last.pt")

@@ -146,9 +146,10 @@ def test_matmul_timing_is_bounded_by_one_call_past_its_time():
     assert hardware.bf16_slowdown() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer,expected", [(NATIVE, "bf16"), (EMULATED, "fp32")])
 def test_training_says_which_precision_auto_chose_and_why(tmp_path, cpu_bf16, caplog, answer, expected):
-    from mtkit.train import train
+    from mtkit.training.train import train
 
     cpu_bf16(answer)
     cfg = tiny_config(tmp_path, extra=["train.precision=auto", "train.max_steps=5", "train.eval_every=5"])
@@ -161,6 +162,7 @@ def test_training_says_which_precision_auto_chose_and_why(tmp_path, cpu_bf16, ca
     assert start["event"] == "start" and start["precision"] == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_evaluate_valid_reproduces_what_validation_logged(tmp_path, precision):
     """`mtkit evaluate best.pt --valid` decodes the run's dev subset (train.valid_max_sentences: 20
@@ -169,7 +171,7 @@ def test_evaluate_valid_reproduces_what_validation_logged(tmp_path, precision):
     from typer.testing import CliRunner
 
     from mtkit.cli import app
-    from mtkit.train import train
+    from mtkit.training.train import train
 
     train(tiny_config(tmp_path, extra=[f"decode.precision={precision}", "train.max_steps=150", "train.eval_every=50"]))
     valids = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
@@ -185,9 +187,10 @@ def test_evaluate_valid_reproduces_what_validation_logged(tmp_path, precision):
     assert r.exit_code == 2 and "greedy" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_run_started_in_bf16_can_resume_in_fp32(tmp_path):
     """train.precision may change on resume (a run started with bf16 on a machine without it)."""
-    from mtkit.train import train
+    from mtkit.training.train import train
 
     train(tiny_config(tmp_path, extra=["train.precision=bf16", "train.max_steps=5", "train.eval_every=5"]))
     summary = train(tiny_config(tmp_path, extra=["train.precision=fp32", "train.max_steps=10",
@@ -217,11 +220,11 @@ def test_validations_decoding_copy_is_evaluates_model_and_leaves_the_random_stre
     from dataclasses import replace
 
     from mtkit.config import DecodeConfig, ModelConfig
-    from mtkit.model import Transformer
-    from mtkit.search import search
-    from mtkit.tokenizer import PAD_ID
-    from mtkit.translate import prepare_for_decoding
-    from mtkit.validate import Validator
+    from mtkit.data.tokenizer import PAD_ID
+    from mtkit.decoding.precision import prepare_for_decoding
+    from mtkit.decoding.search import search
+    from mtkit.model.transformer import Transformer
+    from mtkit.training.validate import Validator
 
     class Tok:
         src_vocab_size = tgt_vocab_size = 20

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mtkit.attention import MultiHeadAttention
 from mtkit.cli import app
-from mtkit.inspection import KINDS, attention_maps, position_table, recording, wavelengths
-from mtkit.plots import panels
-from mtkit.train import train
-from mtkit.translate import load_model
+from mtkit.model.attention import MultiHeadAttention
+from mtkit.model.loading import load_model
+from mtkit.tools.inspection import KINDS, attention_maps, position_table, recording, wavelengths
+from mtkit.tools.plots import panels
+from mtkit.training.train import train
 from tests.tinyrun import tiny_config
 
 runner = CliRunner()
@@ -29,6 +29,7 @@ def trained(tmp_path_factory):
     return root, model, tok, cfg
 
 
+@pytest.mark.slow
 def test_attention_maps_have_the_shapes_and_masks_of_the_paper(trained):
     _, model, tok, _ = trained
     maps = attention_maps(model, tok, "ba de fi ko", "ko fi de ba")
@@ -47,6 +48,7 @@ def test_attention_maps_have_the_shapes_and_masks_of_the_paper(trained):
     assert own.weights[KINDS[1]].shape[-1] == len(own.tgt_pieces) >= 1
 
 
+@pytest.mark.slow
 def test_recorded_weights_are_the_ones_the_model_uses(trained):
     """Weights x values, through W^O, give each attention's output in the normal (fused) forward."""
     _, model, tok, _ = trained
@@ -71,6 +73,7 @@ def test_recorded_weights_are_the_ones_the_model_uses(trained):
     assert not any("attend" in vars(m) for m in model.modules())  # the patch is undone
 
 
+@pytest.mark.slow
 def test_position_table_is_the_models_and_wavelengths_follow_the_formula(trained):
     _, model, _, _ = trained
     table = position_table(model.cfg.d_model, 50)
@@ -80,6 +83,7 @@ def test_position_table_is_the_models_and_wavelengths_follow_the_formula(trained
     assert waves[0] == pytest.approx(2 * np.pi) and waves[-1] < 10000 * 2 * np.pi and (np.diff(waves) > 0).all()
 
 
+@pytest.mark.slow
 def test_panels_select_layers_and_heads(trained):
     _, model, tok, _ = trained
     maps = attention_maps(model, tok, "ba de", "de ba")
@@ -118,9 +122,10 @@ def test_missing_matplotlib_is_one_error_line(tmp_path, monkeypatch):
                                              " matplotlib` (or `pip install -e .[plot]`, which `make install` does)"]
 
 
+@pytest.mark.slow
 def test_every_checkpoint_carries_the_run_manifest(trained, tmp_path):
     root, _, _, _ = trained
-    from mtkit.checkpoint import load_checkpoint
+    from mtkit.model.checkpoint import load_checkpoint
 
     on_disk = json.loads((root / "run" / "manifest.json").read_text())
     stored = load_checkpoint(root / "run" / "last.pt")["manifest"]

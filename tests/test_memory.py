@@ -17,11 +17,13 @@ def probe(**env) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_applies_once_on_linux():
     assert probe(MTKIT_MALLOC="") == "True True"
 
 
+@pytest.mark.slow
 def test_mtkit_malloc_system_keeps_the_defaults():
     assert probe(MTKIT_MALLOC="system") == "False False"
 
@@ -36,6 +38,7 @@ def test_peak_rss_is_in_megabytes():
     del blob
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", [None, "512"])
 def test_onednn_kernel_cache_is_bounded_unless_the_user_set_it(preset):
     """bf16 training kept up to 1,024 per-shape oneDNN kernels (3.3 GB after 400 Ding updates against

@@ -1,4 +1,4 @@
-"""Tests for mtkit.model and mtkit.attention: shapes, positions, attention, masking, the decoder cache, tying, saving."""
+"""Tests for mtkit.model.transformer and mtkit.model.attention: shapes, positions, attention, masking, the decoder cache, tying, saving."""
 
 import io
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from mtkit.attention import MultiHeadAttention, matmul_attention, reference_attention
 from mtkit.config import ModelConfig
 from mtkit.errors import ConfigError
-from mtkit.model import Transformer, sinusoidal_positions
+from mtkit.model.attention import MultiHeadAttention, matmul_attention, reference_attention
+from mtkit.model.transformer import Transformer, sinusoidal_positions
 
 V = 23  # vocabulary size of the tiny models; id 0 is padding
 
@@ -248,7 +248,7 @@ def test_cache_select_reorders_expands_and_drops_rows():
 
 
 def test_beam_reorder_copies_rows_in_place_either_way():
-    from mtkit.cache import reorder_rows
+    from mtkit.model.cache import reorder_rows
 
     kv = torch.randn(2, 2, 4, 3, 8, 5)  # (L, 2, B, H, capacity, d_k)
     index = torch.tensor([2, 0, 0, 3])  # rows swap, duplicate and stay

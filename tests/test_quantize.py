@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from mtkit import quantize
+from mtkit.decoding import precision as precision_mod
+from mtkit.decoding.precision import resolve_decode_precision
 from mtkit.errors import ConfigError
-from mtkit.hardware import resolve_decode_precision
-from mtkit.quantize import Int8Linear, quantize_linears, weight_levels
+from mtkit.model import quantize
+from mtkit.model.quantize import Int8Linear, quantize_linears, weight_levels
 
 
 def test_int8_products_are_exact_on_this_cpu():
@@ -49,7 +50,7 @@ def test_int8_linear_is_exact_where_rounding_is_and_close_elsewhere():
 
 def test_quantize_swaps_every_linear():
     from mtkit.config import ModelConfig
-    from mtkit.model import Transformer
+    from mtkit.model.transformer import Transformer
 
     model = Transformer(ModelConfig(d_model=16, heads=2, d_ff=32, encoder_layers=2, decoder_layers=2,
                                     tie_embeddings=True), 30, 30).eval().fuse_for_decoding()
@@ -65,9 +66,11 @@ def test_quantized_model_translates_like_fp32(tmp_path):
     sentences, and BLEU within 1 point."""
     from dataclasses import replace
 
-    from mtkit.evaluate import score
-    from mtkit.train import train
-    from mtkit.translate import load_model, prepare_for_decoding, translate_lines
+    from mtkit.decoding.precision import prepare_for_decoding
+    from mtkit.decoding.scoring import score
+    from mtkit.decoding.translate import translate_lines
+    from mtkit.model.loading import load_model
+    from mtkit.training.train import train
     from tests.tinyrun import tiny_config
 
     train(tiny_config(tmp_path, extra=["train.max_steps=300", "train.eval_every=300", "model.d_model=64",
@@ -91,10 +94,10 @@ def test_quantized_model_translates_like_fp32(tmp_path):
 
 
 def test_auto_picks_int8_where_it_is_clearly_faster(monkeypatch):
-    monkeypatch.setattr(quantize, "int8_speedup", lambda: 2.9)
+    monkeypatch.setattr(precision_mod, "int8_speedup", lambda: 2.9)
     precision, why = resolve_decode_precision("auto", "cpu")
     assert precision == "int8" and "2.9x as fast" in why
-    monkeypatch.setattr(quantize, "int8_speedup", lambda: 1.1)  # e.g. a CPU without int8 kernels
+    monkeypatch.setattr(precision_mod, "int8_speedup", lambda: 1.1)  # e.g. a CPU without int8 kernels
     precision, why = resolve_decode_precision("auto", "cpu")
     assert precision in ("fp32", "bf16") and "not int8" in why
     assert resolve_decode_precision("int8", "cpu")[0] == "int8"  # asked for: kept, however fast
@@ -109,11 +112,12 @@ def test_int8_speedup_is_measured_without_touching_the_random_stream():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_translate_cli_decodes_in_int8(tmp_path, caplog):
     from typer.testing import CliRunner
 
     from mtkit.cli import app
-    from mtkit.train import train
+    from mtkit.training.train import train
     from tests.tinyrun import tiny_config
 
     train(tiny_config(tmp_path, extra=["train.max_steps=10"]))

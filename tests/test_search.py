@@ -1,4 +1,4 @@
-"""Tests for mtkit.search: hand-worked beams on a scripted model, then properties on random models.
+"""Tests for mtkit.decoding.search: hand-worked beams on a scripted model, then properties on random models.
 
 The scripted model's next-token probabilities depend only on the source's first token (which
 "table" to use) and the prefix decoded so far, so every expected beam below is worked out on paper
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtkit.config import DecodeConfig
-from mtkit.search import Hypothesis, beam_search, greedy_search, length_penalty, search
+from mtkit.decoding.search import Hypothesis, beam_search, greedy_search, length_penalty, search
 
 PAD, UNK, BOS, EOS, A, B = 0, 1, 2, 3, 4, 5
 log = math.log
@@ -295,7 +295,7 @@ class TinyCache:
 
 
 class TinyTransformer(nn.Module):
-    """A one-layer, one-head encoder-decoder with a KV cache: a test double for model.py's."""
+    """A one-layer, one-head encoder-decoder with a KV cache: a test double for model/transformer.py's."""
 
     def __init__(self, seed: int, d: int = 16):
         super().__init__()
@@ -329,7 +329,7 @@ class TinyTransformer(nn.Module):
 def real_transformer(seed: int):
     from mtkit.config import ModelConfig
 
-    Transformer = pytest.importorskip("mtkit.model").Transformer  # skipped only if model.py fails to import
+    Transformer = pytest.importorskip("mtkit.model.transformer").Transformer  # skipped only if transformer.py fails to import
 
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=2, dropout=0.1)
@@ -350,7 +350,7 @@ def same(xs: list[Hypothesis], ys: list[Hypothesis]) -> bool:
                and x.log_prob == pytest.approx(y.log_prob, abs=1e-4) for x, y in zip(xs, ys, strict=True))
 
 
-MODELS = [pytest.param(TinyTransformer, id="tiny"), pytest.param(real_transformer, id="mtkit.model")]
+MODELS = [pytest.param(TinyTransformer, id="tiny"), pytest.param(real_transformer, id="mtkit.model.transformer")]
 LIMITS = dict(max_len_a=1.0, max_len_b=3)
 
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtkit.budget import budget_used, make_time_plan, time_used
-from mtkit.checkpoint import load_checkpoint
 from mtkit.config import load_config
+from mtkit.data.tokenizer import PAD_ID
 from mtkit.errors import TrainingError
-from mtkit.interrupt import Interrupted
-from mtkit.loss import token_losses
-from mtkit.schedule import cooldown_factor, inverse_sqrt_lr
-from mtkit.tokenizer import PAD_ID
-from mtkit.train import train
+from mtkit.model.checkpoint import load_checkpoint
+from mtkit.training.budget import budget_used, make_time_plan, time_used
+from mtkit.training.interrupt import Interrupted
+from mtkit.training.loss import token_losses
+from mtkit.training.schedule import cooldown_factor, inverse_sqrt_lr
+from mtkit.training.train import train
 from tests.tinyrun import checkpoint_weights, tiny_config, tiny_overrides
 
 
@@ -77,6 +77,7 @@ def test_time_budget_becomes_a_plan_in_updates_where_the_cooldown_begins():
     assert make_time_plan(400, 90.0, 100.0, 0.0, since=(0, 0.0))["end_step"] == 444
 
 
+@pytest.mark.slow
 def test_cooldown_in_training_and_exact_resume_inside_it(tmp_path, monkeypatch):
     """With cooldown 0.5 of 20 steps, the logged rate is inverse-sqrt times the linear fall from
     step 11; a run interrupted at step 15 and resumed ends with the weights of one that never stopped."""
@@ -123,7 +124,7 @@ def test_label_smoothed_loss_matches_hand_computation():
 
 def test_label_smoothing_over_outputs_gives_pad_and_bos_nothing():
     # Vocabulary of 5: PAD 0, BOS 2 (tokenizer.py) get no smoothing mass; the other 3 get eps / 3 each.
-    from mtkit.tokenizer import BOS_ID
+    from mtkit.data.tokenizer import BOS_ID
 
     assert (PAD_ID, BOS_ID) == (0, 2)
     logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0, 1.0], [0.1, 0.2, 0.3, 0.4, 0.5]]], requires_grad=True)
@@ -144,8 +145,8 @@ def test_label_smoothing_over_outputs_gives_pad_and_bos_nothing():
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_optimizer_is_fused_adam_with_the_papers_settings(tmp_path, weight_decay):
-    from mtkit.model import Transformer
-    from mtkit.train import make_optimizer
+    from mtkit.model.transformer import Transformer
+    from mtkit.training.step import make_optimizer
 
     cfg = tiny_config(tmp_path, extra=[f"train.weight_decay={weight_decay}"])
     model = Transformer(cfg.model, 48, 48)
@@ -155,6 +156,7 @@ def test_optimizer_is_fused_adam_with_the_papers_settings(tmp_path, weight_decay
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
 
 
+@pytest.mark.slow
 def test_training_writes_every_artifact(tmp_path):
     cfg = tiny_config(tmp_path)
     summary = train(cfg)
@@ -179,6 +181,7 @@ def test_training_writes_every_artifact(tmp_path):
     assert "optimizer" in state and "rng" in state and "data" in state
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     """A run stopped at step 10 and resumed ends with exactly the weights of one that never stopped."""
     train(tiny_config(tmp_path, "straight"))
@@ -193,6 +196,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert "resumed from" in log
 
 
+@pytest.mark.slow
 def test_finished_run_does_nothing_more(tmp_path):
     train(tiny_config(tmp_path))
     before = checkpoint_weights(tmp_path / "run/last.pt")
@@ -201,6 +205,7 @@ def test_finished_run_does_nothing_more(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_unless_overwrite(tmp_path):
     train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
     with pytest.raises(TrainingError) as e:
@@ -211,6 +216,7 @@ def test_changed_config_is_refused_unless_overwrite(tmp_path):
     assert load_checkpoint(tmp_path / "run/last.pt")["config"]["model"]["d_ff"] == 128
 
 
+@pytest.mark.slow
 def test_moved_run_dir_resumes_where_it_now_is(tmp_path):
     import shutil
 
@@ -221,6 +227,7 @@ def test_moved_run_dir_resumes_where_it_now_is(tmp_path):
     assert not (tmp_path / "old").exists()
 
 
+@pytest.mark.slow
 def test_init_from_fine_tunes(tmp_path):
     train(tiny_config(tmp_path, "parent", ["train.max_steps=10"]))
     parent = load_checkpoint(tmp_path / "parent/last.pt")
@@ -236,8 +243,9 @@ def test_init_from_fine_tunes(tmp_path):
         train(tiny_config(tmp_path, "other", ["model.d_ff=128"]), init_from=str(tmp_path / "parent/last.pt"))
 
 
+@pytest.mark.slow
 def test_nan_loss_is_skipped_then_stops(tmp_path, monkeypatch):
-    from mtkit import model as model_mod
+    from mtkit.model import transformer as model_mod
 
     real_forward = model_mod.Transformer.forward
     calls = {"n": 0}
@@ -257,18 +265,19 @@ def test_nan_loss_is_skipped_then_stops(tmp_path, monkeypatch):
 
 def sigint_at(monkeypatch, step: int) -> None:
     """Make training send itself SIGINT right after it logs update `step` (undo: monkeypatch.undo())."""
-    import mtkit.train as train_mod
+    import mtkit.training.trainer as trainer_mod
 
-    real = train_mod.log_train
+    real = trainer_mod.log_train
 
     def log_and_interrupt(metrics, progress, *args):
         real(metrics, progress, *args)
         if progress.step == step:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_mod, "log_train", log_and_interrupt)
+    monkeypatch.setattr(trainer_mod, "log_train", log_and_interrupt)
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_works(tmp_path, monkeypatch):
     sigint_at(monkeypatch, 5)
     with pytest.raises(Interrupted) as e:
@@ -279,6 +288,7 @@ def test_sigint_saves_and_resume_works(tmp_path, monkeypatch):
     assert train(tiny_config(tmp_path))["step"] == 20
 
 
+@pytest.mark.slow
 def test_max_epochs_budget(tmp_path):
     cfg = tiny_config(tmp_path, extra=["train.max_steps=null", "train.max_epochs=1"])
     summary = train(cfg)
@@ -288,6 +298,7 @@ def test_max_epochs_budget(tmp_path):
     assert summary["step"] == start["batches_per_epoch"]  # exactly one pass, not one batch more
 
 
+@pytest.mark.slow
 def test_upsampled_pairs_count_factor_times_per_epoch(tmp_path):
     one_epoch = ["train.max_steps=null", "train.max_epochs=1"]
     plain = train(tiny_config(tmp_path, "plain", one_epoch))
@@ -303,6 +314,7 @@ def test_upsampled_pairs_count_factor_times_per_epoch(tmp_path):
         " nothing to repeat" in (tmp_path / "none" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_upsample_schedule_moves_weight_over_the_epochs(tmp_path):
     """data.upsample_schedule [1, 3]: epoch 1 holds every pair once, epoch 2 and later the picked ones 3 times."""
     two_epochs = ["train.max_steps=null", "train.max_epochs=2", "data.upsample_pattern=^gu\\b"]
@@ -317,6 +329,7 @@ def test_upsample_schedule_moves_weight_over_the_epochs(tmp_path):
     assert sched["step"] == plain["step"] + up["step"] // 2  # one plain epoch, then one upsampled
 
 
+@pytest.mark.slow
 def test_time_budget_counts_the_training_of_every_call(tmp_path):
     """A checkpoint carries the training time; a resumed run whose time is spent stops at once."""
     train(tiny_config(tmp_path, extra=["train.max_steps=10"]))
@@ -329,6 +342,7 @@ def test_time_budget_counts_the_training_of_every_call(tmp_path):
     assert load_checkpoint(tmp_path / "run/last.pt")["progress"]["train_seconds"] > spent
 
 
+@pytest.mark.slow
 def test_early_stopping_holds_across_resume(tmp_path):
     cfg = tiny_config(tmp_path, extra=["train.max_steps=60", "train.patience=1", "train.lr=1e-9",
                                        "train.warmup_steps=0"])
@@ -341,8 +355,9 @@ def test_early_stopping_holds_across_resume(tmp_path):
 @pytest.mark.slow
 def test_tiny_reverse_config_learns_the_task(tmp_path):
     """configs/tiny-reverse.yaml reaches >= 95% exact match on held-out sentences within its budget."""
-    from mtkit.synthetic import write_task
-    from mtkit.translate import load_model, translate_lines
+    from mtkit.data.synthetic import write_task
+    from mtkit.decoding.translate import translate_lines
+    from mtkit.model.loading import load_model
 
     data = tmp_path / "data"
     write_task(data, task="reverse", train=20_000, dev=200, test=200, seed=1)
@@ -360,10 +375,49 @@ def test_tiny_reverse_config_learns_the_task(tmp_path):
     assert exact >= 0.95, f"exact match {exact:.3f}"
 
 
-def test_overrides_helper_is_consistent(tmp_path):
-    assert any(o.startswith("run_dir=") for o in tiny_overrides(tmp_path))
+def test_tiny_config_is_a_run_of_its_own_on_its_own_data(tmp_path):
+    """What the other tests build on: a run dir under tmp_path, data files that exist (400 training
+    pairs, 30 dev), fp32 pinned so every CPU computes the same numbers, and each override applied."""
+    cfg = tiny_config(tmp_path, "mine", ["train.max_steps=7"])
+    assert cfg.run_dir == str(tmp_path / "mine") and cfg.train.max_steps == 7
+    assert (cfg.train.precision, cfg.decode.precision) == ("fp32", "fp32")
+    files = (cfg.data.train.src, cfg.data.train.tgt, cfg.data.valid.src, cfg.data.valid.tgt)
+    assert [len(open(f, encoding="utf-8").read().splitlines()) for f in files] == [400, 400, 30, 30]
+    assert all(o in tiny_overrides(tmp_path) for o in ("model.d_model=32", "train.threads=1"))
 
 
+@pytest.mark.parametrize("clip_norm", [0.0, 1e-3])
+def test_clip_norm_clips_the_global_gradient_norm_before_adam_steps(tmp_path, clip_norm):
+    """NOTE (differs from paper): train.clip_norm N scales the gradient to a global norm of at most
+    N before the optimizer sees it; 0 leaves it as computed (the paper). The norm is measured at the
+    moment Adam steps."""
+    from mtkit.data.padding import make_batch
+    from mtkit.model.transformer import Transformer
+    from mtkit.training.distributed import World
+    from mtkit.training.step import Outcome, make_learner
+
+    cfg = tiny_config(tmp_path, extra=[f"train.clip_norm={clip_norm}"])
+    torch.manual_seed(0)
+    learner = make_learner(Transformer(cfg.model, 48, 48), cfg, "cpu", "fp32", World())
+    seen = []
+    real_step = learner.optimizer.step
+
+    def step(*args, **kwargs):
+        grads = [p.grad for p in learner.model.parameters() if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(*args, **kwargs)
+
+    learner.optimizer.step = step
+    batch = make_batch([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]])
+    outcome, loss, _ = learner.step([batch], n_tokens=int((batch["tgt_out"] != PAD_ID).sum()))
+    assert outcome is Outcome.APPLIED and math.isfinite(loss)
+    if clip_norm:
+        assert seen == [pytest.approx(clip_norm, rel=1e-4)]
+    else:
+        assert seen[0] > 10 * 1e-3  # as computed: far above the other case's limit
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cpu(tmp_path, precision):
     """autocast (and GradScaler for fp16) run on CPU; weights stay fp32 and finite."""
@@ -374,6 +428,7 @@ def test_mixed_precision_trains_on_cpu(tmp_path, precision):
     assert (state["scaler"] is not None) == (precision == "fp16")
 
 
+@pytest.mark.slow
 def test_late_dropout_trains_the_first_epochs_without_dropout(tmp_path):
     """train.dropout_after_epochs: 1 trains epoch 1 exactly as dropout 0 does (no random masks
     drawn), and uses model.dropout from epoch 2 on; resuming inside epoch 2 keeps it on."""
@@ -397,10 +452,12 @@ def test_late_dropout_trains_the_first_epochs_without_dropout(tmp_path):
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_averaged_checkpoint_as_last_pt_is_one_clear_error(tmp_path):
     """A checkpoint without training state (what `mtkit average` writes) put in as last.pt."""
-    from mtkit.checkpoint import average_checkpoints, save_checkpoint
     from mtkit.errors import CheckpointError
+    from mtkit.model.checkpoint import save_checkpoint
+    from mtkit.tools.average import average_checkpoints
 
     cfg = tiny_config(tmp_path, extra=["train.max_steps=4", "train.eval_every=2", "train.keep_last=2"])
     train(cfg)
@@ -409,6 +466,7 @@ def test_averaged_checkpoint_as_last_pt_is_one_clear_error(tmp_path):
         train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))
 
 
+@pytest.mark.slow
 def test_changing_the_dev_subset_on_resume_restarts_best_and_patience(tmp_path):
     """train.valid_max_sentences may change on resume, but then best BLEU and patience compare
     scores of different dev subsets: they start afresh, with a warning."""
@@ -421,6 +479,7 @@ def test_changing_the_dev_subset_on_resume_restarts_best_and_patience(tmp_path):
     assert "valid step 15:" in log and "*best*" in log.split("valid step 15:")[1].splitlines()[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_training_files_changed_in_place(tmp_path):
     """The saved data position means nothing on other data: a checkpoint carries the training
     files' hashes (its manifest) and resuming on changed files is one error naming them."""
@@ -437,6 +496,7 @@ def test_resume_refuses_training_files_changed_in_place(tmp_path):
     assert train(tiny_config(tmp_path, extra=["train.max_steps=6", "train.eval_every=2"]))["step"] == 6
 
 
+@pytest.mark.slow
 def test_fp16_overflow_skips_are_not_counted_as_updates(tmp_path, monkeypatch):
     """A loss scale far too high overflows the fp16 gradients for the first batches: the scaler
     lowers it, and those batches are not updates (the step count matches Adam's own count)."""
@@ -454,6 +514,7 @@ def test_fp16_overflow_skips_are_not_counted_as_updates(tmp_path, monkeypatch):
     assert drawn > 5  # the overflowing batches were drawn but did not count
 
 
+@pytest.mark.slow
 def test_accumulation_groups_end_with_their_epoch(tmp_path):
     """accum_steps 4 over an epoch of N batches (N not a multiple of 4): max_epochs 1 makes
     ceil(N / 4) updates and stops on the epoch's last batch, never drawing from epoch 2."""
@@ -468,7 +529,7 @@ def test_accumulation_groups_end_with_their_epoch(tmp_path):
 
 
 def test_resume_drops_the_metrics_of_replayed_steps(tmp_path):
-    from mtkit.runlog import drop_metrics_after, read_metrics
+    from mtkit.training.runlog import drop_metrics_after, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     events = [{"event": "start", "step": 0}, *({"event": "train", "step": s} for s in range(1, 14)),

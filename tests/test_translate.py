@@ -4,9 +4,12 @@ import json
 
 import pytest
 
+from mtkit.decoding.settings import decode_settings
+from mtkit.decoding.textio import read_chunks
+from mtkit.decoding.translate import translate_file, translate_lines
 from mtkit.errors import DataError
-from mtkit.train import train
-from mtkit.translate import decode_settings, load_model, read_chunks, translate_file, translate_lines
+from mtkit.model.loading import load_model
+from mtkit.training.train import train
 from tests.tinyrun import tiny_config
 
 
@@ -19,6 +22,7 @@ def trained(tmp_path_factory):
     return root, model, tok, saved
 
 
+@pytest.mark.slow
 def test_one_output_line_per_input_line_in_order(trained, tmp_path):
     root, model, tok, cfg = trained
     src = (root / "data/dev.src").read_text().splitlines()[:12]
@@ -42,6 +46,7 @@ def test_one_output_line_per_input_line_in_order(trained, tmp_path):
     assert not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_nbest_format(trained, tmp_path):
     root, model, tok, cfg = trained
     inp = tmp_path / "in.txt"
@@ -54,6 +59,7 @@ def test_nbest_format(trained, tmp_path):
     assert float(rows[0][2]) >= float(rows[1][2])
 
 
+@pytest.mark.slow
 def test_empty_input_gives_empty_output(trained, tmp_path):
     _, model, tok, cfg = trained
     inp, out = tmp_path / "empty.txt", tmp_path / "out.txt"
@@ -62,6 +68,7 @@ def test_empty_input_gives_empty_output(trained, tmp_path):
     assert out.exists() and out.read_bytes() == b""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data,what", [(b"ok\nbad \xff line\n", "line 2: invalid UTF-8"),
                                        (b"ok\nfine\nnul\x00here\n", "line 3: NUL byte")])
 def test_bad_input_names_the_line_and_leaves_no_output(trained, tmp_path, data, what):
@@ -73,8 +80,9 @@ def test_bad_input_names_the_line_and_leaves_no_output(trained, tmp_path, data, 
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_killed_job_leaves_previous_output_and_rerun_completes(trained, tmp_path, monkeypatch):
-    import mtkit.translate as tr
+    import mtkit.decoding.translate as tr
 
     _, model, tok, cfg = trained
     inp, out = tmp_path / "in.txt", tmp_path / "out.txt"
@@ -107,8 +115,10 @@ def test_read_chunks_splits_on_newline_only():
     assert chunks == [(1, ["a\u2028b", "c\x0bd"]), (3, ["e\x1c"])]
 
 
+@pytest.mark.slow
 def test_validation_bleu_equals_evaluate_bleu(trained):
-    """The dev BLEU logged for best.pt is what `mtkit evaluate best.pt --greedy` reports."""
+    """The dev BLEU logged for best.pt is what `mtkit evaluate best.pt --greedy` reports on the same dev
+    pairs (`--valid` takes them from the config: test_hardware.py)."""
     from typer.testing import CliRunner
 
     from mtkit.cli import app
@@ -131,6 +141,7 @@ def test_validation_bleu_equals_evaluate_bleu(trained):
     assert scores["signature"]["bleu"].startswith("nrefs:1|")
 
 
+@pytest.mark.slow
 def test_decode_speed_benchmark_runs(trained):
     import subprocess
     import sys
@@ -156,6 +167,7 @@ def test_decode_speed_benchmark_runs(trained):
     assert [row["bleu"] for row in by_sents["results"]] == [row["bleu"] for row in figures["results"]]
 
 
+@pytest.mark.slow
 def test_length_diagnosis_benchmark_runs_and_scores_what_search_scores(trained):
     import subprocess
     import sys
@@ -177,7 +189,7 @@ def test_length_diagnosis_benchmark_runs_and_scores_what_search_scores(trained):
     import torch
     from length_diagnosis import reference_scores
 
-    from mtkit.tokenizer import BOS_ID, EOS_ID
+    from mtkit.data.tokenizer import BOS_ID, EOS_ID
 
     src_ids = tok.encode_src((root / "data/test.src").read_text().splitlines())
     ref_ids = tok.encode_tgt((root / "data/test.tgt").read_text().splitlines())
@@ -193,6 +205,7 @@ def test_length_diagnosis_benchmark_runs_and_scores_what_search_scores(trained):
     assert eos["premature_eos_top_share"] == pytest.approx(top / n)
 
 
+@pytest.mark.slow
 def test_bf16_decoding_through_the_cli(trained, tmp_path):
     """`--set decode.precision=bf16` translates with bf16 weights: one line per input, scores from an
     fp32 log-softmax, and (on this small model) the same greedy output as fp32 for most lines."""
@@ -215,6 +228,7 @@ def test_bf16_decoding_through_the_cli(trained, tmp_path):
     assert sum(a == b for a, b in zip(outs["fp32"], outs["bf16"])) >= len(src) // 2
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_without_it_translates_after_one_loud_warning(trained, tmp_path):
     """An explicit decode.precision=bf16 where bf16 is emulated (forced by MTKIT_NATIVE_BF16=0):
     one `warning: ` line on stderr with the measured cost, and the translation still done."""
@@ -239,6 +253,7 @@ def test_bf16_on_a_cpu_without_it_translates_after_one_loud_warning(trained, tmp
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_nbest_gives_exactly_n_lines_per_input(trained, tmp_path):
     """The --nbest contract: N lines for every input, also for empty input (score 0) and when the
     search can only find fewer outputs (limit 0: only the empty output, the rest scored -inf)."""

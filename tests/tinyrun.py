@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtkit.checkpoint import load_checkpoint
 from mtkit.config import Config, load_config
-from mtkit.synthetic import write_task
+from mtkit.data.synthetic import write_task
+from mtkit.model.checkpoint import load_checkpoint
 
 TINY = [
     "tokenizer.vocab_size=48",

@@ -179,7 +179,8 @@ def report_translation(toolkit: str, settings: dict, res: dict, args) -> dict:
     """Detokenize the driver's piece output, count, score and print settings, table and JSON."""
     import sentencepiece as spm
 
-    from mtkit.evaluate import read_text_lines, score
+    from mtkit.decoding.scoring import score
+    from mtkit.decoding.textio import read_text_lines
 
     pieces_path = Path(res["pieces"])
     hyp_pieces = [line.split() for line in pieces_path.read_text(encoding="utf-8").split("\n")[:-1]]

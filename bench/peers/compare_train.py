@@ -52,7 +52,7 @@ def matmul_peak_gflops(threads: int) -> float:
 def mflop_per_token(spm: Path, data: Path) -> tuple[float, float, float]:
     """The model's MFLOP per target token at the training data's mean (src, tgt) lengths, EOS included."""
     from mtkit.config import load_config
-    from mtkit.model import Transformer
+    from mtkit.model.transformer import Transformer
 
     def mean_len(path: Path) -> float:
         lens = [line.count(" ") + 2 for line in path.read_text(encoding="utf-8").split("\n")[:-1]]  # pieces + EOS

@@ -1,9 +1,9 @@
 """Token-budget batches: length buckets, a deterministic shuffle, a resumable position, shards.
 
-Works on arrays of token lengths and hands out index arrays; data.make_batch turns those rows
+Works on arrays of token lengths and hands out index arrays; padding.make_batch turns those rows
 into tensors. It does not read data, build tensors or know about models; multi-process training
-only tells it how many shards there are and which one is ours. At the end, what training draws:
-`epoch_sampler` builds this process's sampler from the config, `draw_group` one update's batches.
+only tells it how many shards there are and which one is ours (training/sampling.py builds the
+sampler training draws from).
 """
 
 from __future__ import annotations
@@ -216,44 +216,3 @@ def padding_stats(batches: Sequence[np.ndarray], src_lens: Sequence[int], tgt_le
         real += int(per_pair.sum())
         padded += int((np.maximum.reduceat(per_pair, starts) * sizes).sum())
     return real / padded
-
-
-# ----------------------------------------------------------------------------- what training draws
-
-
-def epoch_sampler(cfg, train_ds, world, device: str) -> TokenBatchSampler:
-    """This process's batch sampler over the training pairs, upsampled pairs repeated (data.upsample_*)."""
-    from mtkit.data import source_matches, token_lengths, upsample_epochs, upsampling_line
-
-    t = cfg.train
-    src_lens, tgt_lens = token_lengths(train_ds)
-    d = cfg.data
-    upsampled = max(d.upsample_factors) > 1  # the config check made sure of a criterion
-    matches = source_matches(train_ds, d.upsample_pattern) if d.upsample_pattern is not None and upsampled else None
-    epoch_rows = upsample_epochs(src_lens, d, matches) if upsampled else None
-    if epoch_rows is not None:
-        line = upsampling_line(d, len(src_lens), [len(r) for r in epoch_rows])
-        if max(len(r) for r in epoch_rows) > len(src_lens):
-            log.info("%s", line)
-        else:
-            log.warning("%s: nothing to repeat; check data.upsample_min_len / data.upsample_pattern", line)
-    # Each process takes every size-th batch of the epoch's shuffled list (its shard).
-    return TokenBatchSampler(src_lens, tgt_lens, t.batch_tokens, seed=cfg.seed, shuffle=True, num_shards=world.size,
-                             shard=world.rank, pad_to=pad_multiple(cfg, device), epoch_rows=epoch_rows)
-
-
-def pad_multiple(cfg, device: str) -> int:
-    """train.pad_to_multiple, or its default: 8 on GPU (tensor-core friendly shapes), 1 (none) on CPU."""
-    if cfg.train.pad_to_multiple is not None:
-        return cfg.train.pad_to_multiple
-    return 8 if device.startswith("cuda") else 1
-
-
-def draw_group(batches, sampler, accum_steps: int) -> list:
-    """The batches of one update: accum_steps of them, fewer at the end of an epoch, so an update
-    never mixes two epochs (train.max_epochs ends on the epoch's last batch, and late dropout
-    switches between updates). The loss is normalised by the group's target tokens either way."""
-    group = [next(batches)]
-    while len(group) < accum_steps and sampler.state_dict()["position"] < len(sampler):
-        group.append(next(batches))
-    return group

@@ -1,9 +1,10 @@
 """Build the Ding German->English benchmark corpus from Debian's `trans-de-en` package.
 
 Ding (Frank Richter, TU Chemnitz; GPL-2+) is a human-made dictionary whose entries carry example
-sentences: sentence pairs become train/dev/test, words and phrases go to train only. The output is
-byte-identical to the project's reference script `make_ding.py`. This module does not tokenize or
-load the corpus (data.py reads the files it writes).
+sentences: sentence pairs become train/dev/test, words and phrases go to train only. Parsing, seeds
+and held-out sets are those of the script that built the benchmark copy this project measures on
+(kept outside the package), so the files come out byte-identical to it. This module does not
+tokenize or load the corpus (sources.py reads the files it writes).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import lzma
-import os
 import random
 import re
 import shutil
@@ -22,6 +22,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from mtkit import extras, files
 from mtkit.errors import DataError
 
 log = logging.getLogger("mtkit")
@@ -60,11 +61,11 @@ def build_ding(out_dir: Path, source: Path | None = None, overwrite: bool = Fals
             f"{origin}: only {len(sents)} example sentences; the split needs more than {2 * EVAL_SIZE}"
             " without '/' (is this the full Ding dictionary?)"
         )
-    files: dict[str, bytes] = {}
+    corpus: dict[str, bytes] = {}
     for name, pairs in (("train", train), ("dev", dev), ("test", test)):
-        files[f"{name}.de"] = "".join(a + "\n" for a, _ in pairs).encode("utf-8")
-        files[f"{name}.en"] = "".join(b + "\n" for _, b in pairs).encode("utf-8")
-    _write_corpus(Path(out_dir), files, overwrite)
+        corpus[f"{name}.de"] = "".join(a + "\n" for a, _ in pairs).encode("utf-8")
+        corpus[f"{name}.en"] = "".join(b + "\n" for _, b in pairs).encode("utf-8")
+    _write_corpus(Path(out_dir), corpus, overwrite)
     counts = {"train": len(train), "dev": len(dev), "test": len(test)}
     log.info("ding: %d sentence and %d phrase pairs from %s -> train %d, dev %d, test %d in %s",
              len(sents), len(phrases), origin, counts["train"], counts["dev"], counts["test"], out_dir)
@@ -190,9 +191,8 @@ def deb_member(deb: bytes, deb_path: Path, member: str = DEB_MEMBER) -> bytes:
 def _tar_member(body: bytes, name: str, member: str, deb_path: Path, where: str) -> bytes:
     mode = {".xz": "r:xz", ".gz": "r:gz", ".bz2": "r:bz2", ".zst": "r:zst"}.get(Path(name).suffix, "r:")
     if mode == "r:zst" and sys.version_info < (3, 14):  # tarfile reads zstd only from Python 3.14
-        try:
-            import zstandard
-        except ImportError:
+        zstandard = extras.zstandard()
+        if zstandard is None:
             return _dpkg_extract(deb_path, member, where)
         body, mode = zstandard.ZstdDecompressor().decompressobj().decompress(body), "r:"
     try:
@@ -237,28 +237,20 @@ def _decode(data: bytes, path: Path) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_corpus(out_dir: Path, files: dict[str, bytes], overwrite: bool) -> None:
-    """Write atomically (temp file + rename); never silently replace a different corpus."""
+def _write_corpus(out_dir: Path, corpus: dict[str, bytes], overwrite: bool) -> None:
+    """Write the files together (files.write_all); never silently replace a different corpus."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out: {out_dir.resolve()} is a file, not a folder")
-    existing = {n: out_dir / n for n in files if (out_dir / n).is_file()}
-    differing = [n for n, p in existing.items() if p.read_bytes() != files[n]]
+    existing = {n: out_dir / n for n in corpus if (out_dir / n).is_file()}
+    differing = [n for n, p in existing.items() if p.read_bytes() != corpus[n]]
     if differing and not overwrite:
         raise DataError(
             f"--out: {out_dir.resolve()}: already holds a different corpus ({', '.join(differing)} differ);"
             " pass --overwrite (overwrite=True) to replace it, or choose another folder"
         )
-    todo = {n: data for n, data in files.items() if n not in existing or n in differing}
+    todo = {n: data for n, data in corpus.items() if n not in existing or n in differing}
     if not todo:
         log.info("ding: %s already holds this exact corpus; nothing written", out_dir)
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    temps = {n: out_dir / f".{n}.tmp" for n in todo}
-    try:
-        for n, data in todo.items():
-            temps[n].write_bytes(data)
-        for n in todo:
-            os.replace(temps[n], out_dir / n)
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+    files.write_all({out_dir / n: data for n, data in todo.items()})  # all written before the first is renamed

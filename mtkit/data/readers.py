@@ -73,7 +73,7 @@ def line_chunks(path: Path, where: str) -> Iterator[tuple[int, bytes]]:
 
 
 def text_lines(path: Path) -> Iterator[str]:
-    """Decoded lines without their line end ("\\n" or "\\r\\n"); the file was checked by _scan_text."""
+    """Decoded lines without their line end ("\\n" or "\\r\\n"); the file was checked by scan_text."""
     for _, chunk in line_chunks(path, str(path)):
         lines = chunk.decode("utf-8").split("\n")
         if chunk.endswith(b"\n"):

@@ -3,7 +3,7 @@
 Plain-text file pairs (also .gz), one .tsv/.csv/.jsonl/.parquet file, a folder written by
 `save_to_disk`, or a Hub dataset each become an Arrow-backed Dataset with "src" and "tgt"
 columns, checked before anything expensive (missing files, line counts, UTF-8, columns). It does
-not encode, filter or batch (data.py does).
+not encode, filter or batch (pairs.py and batching.py do).
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mtkit import readers
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtkit import files
 from mtkit.config import DataConfig, SplitConfig
+from mtkit.data import readers
 from mtkit.errors import DataError
-
-if TYPE_CHECKING:
-    import datasets
 
 log = logging.getLogger("mtkit")
 
@@ -89,8 +90,6 @@ def _load_path(
     path: Path, split: SplitConfig, src_field: str, tgt_field: str, key: str, name: str, cache: str | None
 ) -> datasets.Dataset:
     """One table file or a save_to_disk folder -> pairs."""
-    import datasets
-
     where = f"{key}: {path.resolve()}"
     if not path.exists():
         raise DataError(f"{where}: not found")
@@ -139,9 +138,6 @@ def _load_path(
 
 
 def _load_parquet(path: Path, src_field: str, tgt_field: str, where: str, cache: str | None) -> datasets.Dataset:
-    import datasets
-    import pyarrow.parquet as pq
-
     try:
         meta = pq.read_metadata(path)
         names = meta.schema.to_arrow_schema().names
@@ -159,8 +155,6 @@ def _load_parquet(path: Path, src_field: str, tgt_field: str, where: str, cache:
 
 def _load_hub(split: SplitConfig, src_field: str, tgt_field: str, key: str, name: str, cache: str | None):
     """A Hub dataset: from here on it is handled exactly like a local save_to_disk folder."""
-    import datasets
-
     where = f"{key}: {split.hub}" + (f" ({split.hub_config})" if split.hub_config else "") + f" split {split.split!r}"
     try:
         ds = datasets.load_dataset(
@@ -184,30 +178,23 @@ def _materialise(rows: Iterator[tuple[str, str]], name: str, cache: str | None, 
     keyed by `key`, which holds each file's absolute path, size and mtime: an edited file gets a
     new cache file and is never served stale.
     """
-    import datasets
-    import pyarrow as pa
-
     folder = Path(cache if cache is not None else datasets.config.HF_DATASETS_CACHE) / "mtkit-pairs"
     path = folder / f"{name}-{hashlib.sha256(f'{READER_VERSION}|{key}'.encode()).hexdigest()[:32]}.arrow"
     if not path.is_file():
         schema = pa.schema([("src", pa.string()), ("tgt", pa.string())])
-        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            with files.replacing(path) as sink, pa.ipc.new_stream(sink, schema) as writer:
                 total = 0
                 while batch := list(itertools.islice(rows, WRITE_BATCH)):
                     total += len(batch)
                     src, tgt = zip(*batch, strict=True)
                     writer.write_table(pa.table([pa.array(src, pa.string()), pa.array(tgt, pa.string())], schema=schema))
-            if total == 0:
-                raise DataError(f"{where}: no sentence pairs in it")
-            os.replace(tmp, path)
+                if total == 0:
+                    raise DataError(f"{where}: no sentence pairs in it")
         except OSError as e:
             raise DataError(f"{where}: cannot write the data cache in {folder} ({e}); free disk space"
                             " or choose a writable run_dir") from e
-        finally:
-            tmp.unlink(missing_ok=True)
     return datasets.Dataset.from_file(str(path))
 
 
@@ -273,9 +260,5 @@ def _stamp(*paths: Path) -> str:
 
 def _quiet_datasets() -> None:
     """datasets' progress bars only on a terminal (logs and CI stay readable)."""
-    import sys
-
-    import datasets
-
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()

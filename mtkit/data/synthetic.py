@@ -2,13 +2,15 @@
 
 The Annotated Transformer's lesson: prove the model learns a task whose answer is known before
 feeding it real data. Sentences are random "words" from a small alphabet; the target is the
-source copied or reversed. Deterministic for a seed. Real corpora come from ding.py / data.py.
+source copied or reversed. Deterministic for a seed. Real corpora come from ding.py and sources.py.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+
+from mtkit import files
 
 WORDS = [f"{a}{b}" for a in "bdfgklmnprst" for b in "aeiou"][:40]  # 40 syllable "words"
 
@@ -33,7 +35,7 @@ def write_task(out_dir: Path, task: str = "reverse", train: int = 20_000, dev: i
     counts = {}
     for i, (name, n) in enumerate((("train", train), ("dev", dev), ("test", test))):
         pairs = make_pairs(task, n, seed=seed * 1000 + i)
-        (out_dir / f"{name}.src").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
-        (out_dir / f"{name}.tgt").write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
+        files.write_text(out_dir / f"{name}.src", "".join(s + "\n" for s, _ in pairs))
+        files.write_text(out_dir / f"{name}.tgt", "".join(t + "\n" for _, t in pairs))
         counts[name] = n
     return counts

@@ -2,7 +2,7 @@
 
 A Tokenizer is one SentencePiece model (joint vocabulary) or two (source and target); its model
 bytes travel inside every checkpoint so translation needs no side files. It does not read corpora
-(data.py hands it text) and does not add BOS/EOS (data.make_batch does).
+(pairs.py hands it text) and does not add BOS/EOS (padding.make_batch does).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import sentencepiece as spm
+
+from mtkit import files
 from mtkit.config import TokenizerConfig
 from mtkit.errors import DataError
 
@@ -103,12 +106,10 @@ class Tokenizer:
         """Write `directory/spm.model` (joint) or `spm.src.model` + `spm.tgt.model`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        files = {JOINT_FILE: self._src_bytes} if self.joint else {SRC_FILE: self._src_bytes, TGT_FILE: self._tgt_bytes}
-        for name, data in files.items():
-            tmp = directory / f".{name}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(directory / name)  # atomic: a crash never leaves half a model
-        for name in {JOINT_FILE, SRC_FILE, TGT_FILE} - set(files):
+        models = {JOINT_FILE: self._src_bytes} if self.joint else {SRC_FILE: self._src_bytes, TGT_FILE: self._tgt_bytes}
+        for name, data in models.items():
+            files.write_bytes(directory / name, data)  # atomic: a crash never leaves half a model
+        for name in {JOINT_FILE, SRC_FILE, TGT_FILE} - set(models):
             (directory / name).unlink(missing_ok=True)  # a model of the other kind would shadow this one
 
     @classmethod
@@ -183,8 +184,6 @@ def train_tokenizer(cfg: TokenizerConfig, src_texts: Iterable[str], tgt_texts: I
 
 def _train_model(cfg: TokenizerConfig, sources: list[Iterable[str]], side: str) -> bytes:
     """Train one SentencePiece model, lowering the vocabulary size if SentencePiece asks to."""
-    import sentencepiece as spm
-
     vocab_size = cfg.vocab_size
     for _ in range(4):  # a lowered size is normally accepted at once; never loop forever
         writer = io.BytesIO()
@@ -307,8 +306,6 @@ def _strip_special(ids: Iterable[int]) -> list[int]:
 
 def _processor(model: bytes, side: str) -> Any:
     """Load a SentencePiece model from bytes and check its special ids."""
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(model)

@@ -6,10 +6,10 @@ embeddings scaled by sqrt(d_model), LayerNorm epsilon 1e-5), with the SentencePi
 the run's config beside it. `CT2Engine` translates token ids with it for translate.py, which
 keeps the line contract (empty lines, over-long lines, n-best) the same for both engines.
 
-ctranslate2 is an optional extra (`pip install -e .[ct2]`; `make install` installs it) and is
-imported only here, when asked for.
+ctranslate2 is an optional extra (`pip install -e .[ct2]`; `make install` installs it), imported
+through extras.py when a command asks for it.
 
-What differs from mtkit's own search (README "Deploying with CTranslate2"):
+What differs from mtkit's own search (docs/decoding.md, "Deploying with CTranslate2"):
 * length_penalty: CTranslate2 divides a hypothesis's log-probability by length ** alpha, not by
   GNMT's ((5 + length) / 6) ** alpha; alpha 0 (no normalisation) is the same in both.
 * at the output limit mtkit forces EOS (its log-probability counts in the score); CTranslate2
@@ -22,28 +22,29 @@ What differs from mtkit's own search (README "Deploying with CTranslate2"):
 from __future__ import annotations
 
 import logging
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtkit.config import Config, DecodeConfig, to_dict
-from mtkit.errors import ConfigError, DataError, MtkitError
+import numpy as np
+import torch
+import yaml
+
+from mtkit import extras, files
+from mtkit.config import Config, DecodeConfig, from_plain_dict, to_dict
+from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from mtkit.decoding.search_state import output_limit
+from mtkit.decoding.settings import decode_overrides, decode_settings
+from mtkit.errors import ConfigError, DataError
+from mtkit.hardware import resolve_device
+from mtkit.model.loading import load_model
+from mtkit.model.transformer import sinusoidal_positions
 
 log = logging.getLogger("mtkit")
 
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "float16", "bfloat16")
 CONFIG_FILE = "mtkit_config.yaml"  # mtkit's config beside the CTranslate2 files (decode settings, languages)
-
-
-def import_ctranslate2():
-    """The ctranslate2 module, or one error line saying how to install it."""
-    try:
-        import ctranslate2
-    except ImportError:
-        raise MtkitError("CTranslate2 is not installed; install it with `pip install ctranslate2`"
-                         " (or `pip install -e .[ct2]`, which `make install` does)") from None
-    return ctranslate2
 
 
 def is_ct2_dir(path: str | Path) -> bool:
@@ -58,12 +59,7 @@ def export(model_path: str | Path, out_dir: Path, quantization: str = "float32",
     `out_dir`, weights stored as `quantization`, with the checkpoint's config (`--set decode.*`
     overrides applied: the defaults of the exported model). An existing non-empty `out_dir` is an
     error unless `force`. Returns out_dir."""
-    import yaml
-
-    from mtkit.runsetup import write_atomic
-    from mtkit.translate import decode_overrides, load_model
-
-    import_ctranslate2()  # fails first, with the install hint
+    extras.ctranslate2()  # fails first, with the install hint
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"--quantization: expected one of {', '.join(QUANTIZATIONS)} (got {quantization!r})")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -76,24 +72,16 @@ def export(model_path: str | Path, out_dir: Path, quantization: str = "float32",
     spec = model_spec(model.float(), cfg, tok)
     spec.validate()
     spec.optimize(quantization=None if quantization == "float32" else quantization)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    spec.save(str(tmp))
-    tok.save(tmp / "tokenizer")
-    write_atomic(tmp / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
-    if out_dir.exists():
-        shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-    tmp.rename(out_dir)
+    with files.replacing_dir(out_dir) as tmp:  # the old directory stays until the new one is complete
+        spec.save(str(tmp))
+        tok.save(tmp / "tokenizer")
+        files.write_text(tmp / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     return out_dir
 
 
 def model_spec(model: Any, cfg: Config, tok: Any) -> Any:
     """ctranslate2's TransformerSpec holding `model`'s weights (fp32 numpy arrays) and vocabularies."""
-    from ctranslate2.specs import transformer_spec
-
-    from mtkit.tokenizer import BOS_ID, EOS_ID, UNK_ID
-
+    transformer_spec = extras.ctranslate2().specs.transformer_spec
     m = cfg.model
     tgt_pieces = tok.pieces("tgt")
     spec = transformer_spec.TransformerSpec.from_config((m.encoder_layers, m.decoder_layers), m.heads,
@@ -107,8 +95,6 @@ def model_spec(model: Any, cfg: Config, tok: Any) -> Any:
     positions = _positions(model, cfg.decode).numpy()
 
     def linear(target: Any, *names: str, bias: str | None = None) -> None:
-        import numpy as np
-
         target.weight = np.concatenate([sd[n] for n in names]) if len(names) > 1 else sd[names[0]]
         if bias is not None:
             target.bias = sd[bias]
@@ -146,9 +132,7 @@ def model_spec(model: Any, cfg: Config, tok: Any) -> Any:
     return spec
 
 
-def _positions(model: Any, decode: DecodeConfig):
-    from mtkit.model import sinusoidal_positions
-
+def _positions(model: Any, decode: DecodeConfig) -> torch.Tensor:
     return sinusoidal_positions(positions_needed(decode), model.cfg.d_model, dtype=model.positions.dtype)
 
 
@@ -178,16 +162,13 @@ class CT2Engine:
 
     def __init__(self, path: str | Path, tokenizer: Any, device: str = "cpu", compute_type: str = "default",
                  threads: int = 0):
-        ct2 = import_ctranslate2()
+        ct2 = extras.ctranslate2()
         self.translator = ct2.Translator(str(path), device=device, compute_type=compute_type, intra_threads=threads)
         self.src_pieces = tokenizer.pieces("src")
         self.tgt_ids = {p: i for i, p in enumerate(tokenizer.pieces("tgt"))}
 
     def search_ids(self, sources: list[list[int]], decode: DecodeConfig) -> list[list[_Hyp]]:
         """Best `decode.nbest` hypotheses (ids without BOS/EOS, score) per source id list (no EOS)."""
-        from mtkit.search import output_limit
-        from mtkit.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
         # search.py's limit is per sentence (output_limit of the pieces + EOS), CTranslate2's per call:
         # sentences of one limit go together (a length-sorted batch holds few distinct lengths).
         groups: dict[int, list[int]] = {}
@@ -223,17 +204,8 @@ COMPUTE_TYPES = {"auto": "default", "fp32": "float32", "bf16": "bfloat16", "int8
 
 def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | tuple[str, ...] = (), **flags: Any):
     """(engine, tokenizer, decode settings, device) for an exported directory, as
-    translate.load_for_decoding gives them for a checkpoint. A checkpoint or run dir is exported
+    loading.load_for_decoding gives them for a checkpoint. A checkpoint or run dir is exported
     (float32) to a temporary directory first: CTranslate2 holds the model in memory once loaded."""
-    import tempfile
-
-    import yaml
-
-    from mtkit.config import from_plain_dict
-    from mtkit.hardware import resolve_device
-    from mtkit.tokenizer import Tokenizer
-    from mtkit.translate import decode_overrides, decode_settings
-
     p = Path(path)
     if not is_ct2_dir(p):
         with tempfile.TemporaryDirectory(prefix="mtkit-ct2-") as tmp:
@@ -249,8 +221,6 @@ def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | t
                           " with the same --set decode.* options to allow longer ones")
     device = resolve_device(device)
     compute_type = COMPUTE_TYPES[decode.precision]
-    import torch
-
     engine = CT2Engine(p, tok, "cuda" if device.startswith("cuda") else "cpu", compute_type, torch.get_num_threads())
-    log.info("CTranslate2 %s: %s, compute type %s", import_ctranslate2().__version__, p, compute_type)
+    log.info("CTranslate2 %s: %s, compute type %s", extras.ctranslate2().__version__, p, compute_type)
     return engine, tok, decode, device

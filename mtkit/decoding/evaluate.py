@@ -1,8 +1,5 @@
-"""Score translations with sacreBLEU: BLEU, chrF and TER, each with its signature.
-
-`score` is the one function both `mtkit evaluate` and training's validation call, so the dev
-BLEU logged during training is the number `mtkit evaluate` reproduces. It scores detokenized
-text against one reference per line; it does not translate (see translate.py).
+"""`mtkit evaluate`: score a hypothesis file, or translate a source file (or a run's dev set) with a
+model and score the output; sacreBLEU itself is called in scoring.py.
 """
 
 from __future__ import annotations
@@ -10,54 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mtkit import files
+from mtkit.config import from_plain_dict
+from mtkit.data.pairs import dev_subset
+from mtkit.data.sources import load_pairs
+from mtkit.decoding.loading import load_for_decoding
+from mtkit.decoding.scoring import score
+from mtkit.decoding.textio import read_text_lines
+from mtkit.decoding.translate import translate_lines
 from mtkit.errors import ConfigError, DataError
-
-
-def score(hyps: list[str], refs: list[str], metrics: tuple[str, ...] = ("bleu", "chrf", "ter")) -> dict[str, Any]:
-    """Corpus-level sacreBLEU scores of detokenized hypotheses against references.
-
-    Args:
-        hyps: one hypothesis per line.
-        refs: one reference per line, aligned with `hyps`.
-        metrics: which of "bleu", "chrf", "ter" to compute (validation skips TER to save time).
-
-    Returns:
-        `{"bleu": float, "chrf": float, "ter": float, "signature": {metric: str}, "n": int}` with
-        numbers exactly as sacreBLEU reports them (BLEU and chrF on a 0-100 scale).
-    """
-    if len(hyps) != len(refs):
-        raise DataError(f"{len(hyps)} hypotheses but {len(refs)} references; they must be line-aligned")
-    from sacrebleu.metrics import BLEU, CHRF, TER  # lazy: sacrebleu is slow to import
-
-    makers = {"bleu": BLEU, "chrf": CHRF, "ter": TER}
-    out: dict[str, Any] = {"n": len(hyps), "signature": {}}
-    for name in metrics:
-        metric = makers[name]()
-        result = metric.corpus_score(hyps, [refs])
-        out[name] = result.score
-        out["signature"][name] = str(metric.get_signature())
-    return out
-
-
-def format_scores(result: dict[str, Any]) -> str:
-    """Human-readable lines: each score with its signature."""
-    lines = []
-    for name, label in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER")):
-        if name in result:
-            lines.append(f"{label} = {result[name]:.2f}    {result['signature'][name]}")
-    return "\n".join(lines)
-
-
-def read_text_lines(path: Path, what: str) -> list[str]:
-    """A UTF-8 text file's lines (without newlines), checked as translate.py checks its input."""
-    from mtkit.translate import read_chunks
-
-    if not path.exists():
-        raise DataError(f"{what} {path}: file not found (absolute path {path.resolve()})")
-    if path.is_dir():
-        raise DataError(f"{what} {path}: is a directory; give a text file with one sentence per line")
-    with open(path, "rb") as f:
-        return [line for _, chunk in read_chunks(f, f"{what} {path}") for line in chunk]
+from mtkit.model.checkpoint import load_checkpoint, resolve_model_path
 
 
 def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:
@@ -87,12 +46,9 @@ def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path
 
 def _translate_and_score_lines(model, tokenizer, decode, srcs: list[str], refs: list[str], device: str,
                                output: Path | None) -> dict[str, Any]:
-    from mtkit.runsetup import write_atomic
-    from mtkit.translate import translate_lines
-
     hyps = [ts[0].text for ts in translate_lines(model, tokenizer, srcs, decode, device)]
     if output is not None:
-        write_atomic(output, "".join(h + "\n" for h in hyps))
+        files.write_text(output, "".join(h + "\n" for h in hyps))
     result = score(hyps, refs)
     result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
                         "precision": decode.precision}
@@ -116,8 +72,6 @@ def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | 
         raise ConfigError("--valid takes the dev set from MODEL's config (data.valid); drop --src and --ref")
     if not valid and (src is None or ref is None):
         raise ConfigError("give --src and --ref (or --valid, to score the run's dev set as validation did)")
-    from mtkit.translate import load_for_decoding
-
     if valid:
         if engine != "torch" or beam is not None:
             raise ConfigError("--valid decodes as training's validation did: greedy, with mtkit's engine;"
@@ -131,12 +85,7 @@ def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | 
 
 def validation_pairs(model_path: str | Path) -> tuple[list[str], list[str]]:
     """The dev sources and references a checkpoint's training validated on: its config's data.valid,
-    read as training reads it, cut to train.valid_max_sentences (validate.dev_subset)."""
-    from mtkit.checkpoint import load_checkpoint, resolve_model_path
-    from mtkit.config import from_plain_dict
-    from mtkit.sources import load_pairs
-    from mtkit.validate import dev_subset
-
+    read as training reads it, cut to train.valid_max_sentences (pairs.dev_subset)."""
     cfg = from_plain_dict(load_checkpoint(resolve_model_path(model_path))["config"])
     if cfg.data.valid is None:
         raise ConfigError(f"{model_path}: its config has no data.valid, so training never validated; use --src and --ref")

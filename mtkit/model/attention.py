@@ -1,6 +1,6 @@
 """Scaled dot-product and multi-head attention (section 3.2), and the padding mask they take.
 
-`MultiHeadAttention` is what the encoder and decoder layers (model.py) use; `reference_attention`
+`MultiHeadAttention` is what the encoder and decoder layers (transformer.py) use; `reference_attention`
 is eq. 1 written out, for inspection and tests; `matmul_attention` is the bf16-on-CPU path.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtkit.attention import attend_mask_from_padding
+from mtkit.model.attention import attend_mask_from_padding
 
 INITIAL_CACHE = 16  # decoder self-attention cache slots allocated up front; doubled when full
 

@@ -1,92 +1,47 @@
-"""Self-describing checkpoints: atomic writes, safe loads, resume discovery and averaging.
+"""Self-describing checkpoints: written atomically, loaded safely.
 
 A checkpoint is one dict saved with torch.save: format version, mtkit version, the resolved
 config, model weights, optimizer/scaler/RNG state, data position, step, best score and the
 tokenizer model bytes, so `best.pt` alone is enough to translate. Loading always uses
-`weights_only=True`: a checkpoint can never run code. The training loop lives in train.py.
+`weights_only=True`: a checkpoint can never run code. Which checkpoints a run dir keeps and
+resumes from is training/rundir.py's business; loading.py builds a model from one.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
-import os
-import re
-import shutil
-import tempfile
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
-from mtkit import __version__
-from mtkit.errors import CheckpointError, ConfigError
+import torch
 
-log = logging.getLogger("mtkit")
+from mtkit import __version__, files
+from mtkit.errors import CheckpointError
 
 FORMAT = "mtkit-checkpoint"
 FORMAT_VERSION = 1
-STEP_FILE = re.compile(r"step-(\d+)\.pt$")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: temporary file in the same folder, fsync, rename.
+    """Write `state` to `path` atomically (files.replacing: fsync, rename, fsync of the folder).
 
     A crash at any moment leaves either the old file or the new one, never a broken one.
     A full disk raises CheckpointError and leaves the previous checkpoint untouched.
     """
-    import torch
-
     path = Path(path)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "mtkit_version": __version__, **state}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with files.replacing(path) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _before_rename_hook(tmp, path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CheckpointError(
                 f"{path}: disk full while saving the checkpoint; the previous {path.name} is intact."
                 f" Free space in {path.parent} and run the same command again to resume"
             ) from None
         raise CheckpointError(f"{path}: cannot write checkpoint: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _before_rename_hook(tmp: Path, final: Path) -> None:
-    """Does nothing; tests replace it to simulate a crash between the write and the rename."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Make `dst` the same checkpoint as `src` (a hard link: no extra disk), atomically."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -95,10 +50,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing, unreadable, truncated, foreign, or from a newer mtkit.
     """
-    import pickle
-
-    import torch
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found (absolute path {path.resolve()})")
@@ -132,63 +83,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def checkpoints_to_average(paths: list[Path], last: int | None = None) -> list[Path]:
-    """`mtkit average`'s inputs: the given checkpoints, or with `last` the newest `last` step-N.pt
-    of the one run dir given."""
-    if last is None:
-        return paths
-    if len(paths) != 1 or not paths[0].is_dir():
-        raise ConfigError("--last N needs exactly one run dir")
-    found = [p for _, p in step_checkpoints(paths[0])][:last]
-    if len(found) < last:
-        raise ConfigError(f"{paths[0]}: has {len(found)} step-*.pt checkpoints, fewer than --last {last};"
-                          " raise train.keep_last for future runs")
-    return found
-
-
-def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """`step-N.pt` files in a run dir, newest (highest N) first."""
-    found = []
-    for p in run_dir.glob("step-*.pt"):
-        m = STEP_FILE.search(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found, reverse=True)
-
-
-def find_resume(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest intact checkpoint to resume from: last.pt, else the newest readable step-N.pt.
-
-    A damaged candidate is skipped with a warning that names it. Returns None when the run dir
-    has no checkpoint at all.
-    """
-    candidates = [run_dir / "last.pt"] + [p for _, p in step_checkpoints(run_dir)]
-    candidates = [p for p in candidates if p.exists()]
-    # last.pt is written at every save, so it is never older than a step file; the step files
-    # are newest first, so the first readable candidate is the newest intact checkpoint.
-    for i, p in enumerate(candidates):
-        try:
-            state = load_checkpoint(p)
-        except CheckpointError as e:
-            log.warning("skipping damaged checkpoint: %s", e)
-            continue
-        if i:
-            log.warning("resuming from %s instead, the newest readable checkpoint (step %s)", p.name, state.get("step"))
-        return p, state
-    if candidates:
-        raise CheckpointError(
-            f"{run_dir}: no readable checkpoint ({', '.join(p.name for p in candidates)} are damaged);"
-            " move them away to start afresh, or pass --overwrite"
-        )
-    return None
-
-
-def prune_step_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step-N.pt files."""
-    for _, p in step_checkpoints(run_dir)[keep_last:]:
-        p.unlink(missing_ok=True)
-
-
 def resolve_model_path(model: str | Path) -> Path:
     """A checkpoint file, or a run dir meaning its best.pt (else last.pt)."""
     p = Path(model)
@@ -200,38 +94,3 @@ def resolve_model_path(model: str | Path) -> Path:
     if not p.exists():
         raise CheckpointError(f"{p}: model not found (absolute path {p.resolve()}); give a .pt file or a run dir")
     return p
-
-
-def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
-    """The element-wise mean of several checkpoints' weights, as a weights-only checkpoint.
-
-    Refuses checkpoints of different shapes, vocabularies or tokenizers. The result keeps the
-    first checkpoint's config and tokenizer and can be translated with like any other.
-    """
-    import torch
-
-    if len(paths) < 1:
-        raise CheckpointError("average: no checkpoints given")
-    first_path = paths[0]
-    first = load_checkpoint(first_path)
-    total = {k: v.detach().to(torch.float64).clone() for k, v in first["model"].items()}
-    for p in paths[1:]:
-        other = load_checkpoint(p)
-        if other["tokenizer"] != first["tokenizer"]:
-            raise CheckpointError(f"average: {p} and {first_path} use different tokenizers/vocabularies")
-        if set(other["model"]) != set(total):
-            raise CheckpointError(f"average: {p} and {first_path} are different models (parameter names differ)")
-        for k, v in other["model"].items():
-            if v.shape != total[k].shape:
-                raise CheckpointError(
-                    f"average: {p} and {first_path} differ in shape at {k}: {tuple(v.shape)} vs {tuple(total[k].shape)}"
-                )
-            total[k] += v.to(torch.float64)
-    model = {k: (v / len(paths)).to(first["model"][k].dtype) for k, v in total.items()}
-    return {
-        "config": first["config"],
-        "tokenizer": first["tokenizer"],
-        "model": model,
-        "step": first.get("step", 0),
-        "averaged_from": [str(p) for p in paths],
-    }

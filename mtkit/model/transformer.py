@@ -4,7 +4,7 @@ Builds the network from a ModelConfig and computes logits: teacher-forced `forwa
 `encode` + `start_cache` + `decode_step` for incremental decoding (the cache itself: cache.py;
 multi-head attention: attention.py).
 It does not compute the loss, search for translations, tokenize, or save and load checkpoints
-(train.py, search.py, tokenizer.py and checkpoint.py do).
+(training/loss.py, decoding/search.py, data/tokenizer.py and checkpoint.py do).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtkit.attention import MultiHeadAttention, attend_mask_from_padding, stacked_linear
-from mtkit.cache import DecoderCache
 from mtkit.config import ModelConfig
+from mtkit.data.tokenizer import PAD_ID  # the special ids are defined once, in tokenizer.py
 from mtkit.errors import ConfigError
-from mtkit.tokenizer import PAD_ID  # the special ids are defined once, in tokenizer.py
+from mtkit.model.attention import MultiHeadAttention, attend_mask_from_padding, stacked_linear
+from mtkit.model.cache import DecoderCache
 
 INITIAL_POSITIONS = 1024  # rows of the sinusoid table built up front; a longer input extends it
 

@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+
+from mtkit.data.padding import make_batch
+from mtkit.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from mtkit.decoding.search import greedy_search
+from mtkit.model.attention import MultiHeadAttention, reference_attention
+from mtkit.model.transformer import Transformer, sinusoidal_positions
 
 KINDS = ("encoder self-attention", "decoder self-attention", "encoder-decoder attention")
 
@@ -42,14 +49,10 @@ class AttentionMaps:
 
 
 @contextlib.contextmanager
-def recording(model: Any) -> Iterator[list[tuple[str, Any, Any]]]:
+def recording(model: Transformer) -> Iterator[list[tuple[str, Any, Any]]]:
     """Within the block every attention of `model` computes eq. 1 written out and appends
     (module name, weights (B, H, Tq, Tk), values (B, H, Tk, d_v)) to the yielded list; its output
     is Concat_heads(weights @ values) W^O, as the fused kernel's would be."""
-    import torch
-
-    from mtkit.attention import MultiHeadAttention, reference_attention
-
     records: list[tuple[str, Any, Any]] = []
 
     def recorder(name: str, mha: MultiHeadAttention):
@@ -74,16 +77,10 @@ def recording(model: Any) -> Iterator[list[tuple[str, Any, Any]]]:
             del mha.attend
 
 
-def attention_maps(model: Any, tokenizer: Any, src: str, tgt: str | None = None,
+def attention_maps(model: Transformer, tokenizer: Tokenizer, src: str, tgt: str | None = None,
                    max_len_a: float = 1.5, max_len_b: int = 10) -> AttentionMaps:
     """Attention of `model` on `src` forced through `tgt`, or through its own greedy translation
     (at most int(max_len_a * source length + max_len_b) pieces) when `tgt` is None."""
-    import torch
-
-    from mtkit.data import make_batch
-    from mtkit.search import greedy_search
-    from mtkit.tokenizer import BOS_ID, EOS_ID
-
     src_ids = tokenizer.encode_src([src])[0]
     batch = make_batch([src_ids])
     model.eval()
@@ -107,8 +104,6 @@ def attention_maps(model: Any, tokenizer: Any, src: str, tgt: str | None = None,
 
 def position_table(d_model: int, length: int) -> np.ndarray:
     """The sinusoidal position encodings of section 3.5 as the model adds them: (length, d_model)."""
-    from mtkit.model import sinusoidal_positions
-
     return sinusoidal_positions(length, d_model).numpy()
 
 

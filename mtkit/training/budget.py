@@ -13,27 +13,39 @@ checkpoint, so a run killed and resumed ends exactly as an uninterrupted run wit
 
 from __future__ import annotations
 
+import enum
 import logging
+from typing import Any
+
+from mtkit.config import TrainConfig
+from mtkit.data.batching import TokenBatchSampler
 
 log = logging.getLogger("mtkit")
 
-STOP_REASONS = {1: "reached train.max_steps={t.max_steps}", 2: "reached train.max_epochs={t.max_epochs}",
-                3: "early stopping: no better dev BLEU in {t.patience} validations",
-                4: "reached train.max_time={t.max_time}"}
+class Stop(enum.Enum):
+    """Why training stops. Several may hold at once; the run reports the first, in this order."""
+
+    MAX_STEPS = "reached train.max_steps={t.max_steps}"
+    MAX_EPOCHS = "reached train.max_epochs={t.max_epochs}"
+    PATIENCE = "early stopping: no better dev BLEU in {t.patience} validations"
+    MAX_TIME = "reached train.max_time={t.max_time}"
+
+    def message(self, t: TrainConfig) -> str:
+        return self.value.format(t=t)
 
 
-def stop_code(t, progress, sampler, validator, out_of_time: bool) -> int:
-    """Why this process would stop now: a key of STOP_REASONS, or 0 to go on."""
-    if t.max_steps is not None and progress.step >= t.max_steps:
-        return 1
-    if t.max_epochs is not None and epochs_done(sampler) >= t.max_epochs:
-        return 2
-    if validator is not None and t.patience and progress.bad_validations >= t.patience:
-        return 3
-    return 4 if out_of_time else 0
+def stops_that_hold(t: TrainConfig, progress: Any, sampler: TokenBatchSampler, validating: bool,
+                    out_of_time: bool) -> list[Stop]:
+    """The reasons this process sees to stop now (none: go on). `validating`: there is a validator,
+    so patience applies."""
+    held = {Stop.MAX_STEPS: t.max_steps is not None and progress.step >= t.max_steps,
+            Stop.MAX_EPOCHS: t.max_epochs is not None and epochs_done(sampler) >= t.max_epochs,
+            Stop.PATIENCE: validating and bool(t.patience) and progress.bad_validations >= t.patience,
+            Stop.MAX_TIME: out_of_time}
+    return [reason for reason in Stop if held[reason]]
 
 
-def budget_used(t, step: int, time_fraction: float, sampler) -> float:
+def budget_used(t: TrainConfig, step: int, time_fraction: float, sampler: TokenBatchSampler) -> float:
     """Fraction (0..1) of the budget used after `step` updates, `time_fraction` being that of
     train.max_time (`time_used`; 0 when unset). `t` is the train config."""
     state = sampler.state_dict()
@@ -42,7 +54,7 @@ def budget_used(t, step: int, time_fraction: float, sampler) -> float:
     return min(1.0, max(used))
 
 
-def epochs_done(sampler) -> int:
+def epochs_done(sampler: TokenBatchSampler) -> int:
     """Complete passes over the training data (an epoch whose last batch was handed out counts)."""
     state = sampler.state_dict()
     return state["epoch"] + (state["position"] >= len(sampler))
@@ -87,7 +99,7 @@ def time_used(plan: dict | None, step: int, elapsed_s: float, budget_s: float) -
     return plan["fraction"] + (1.0 - plan["fraction"]) * (step - plan["step"]) / (plan["end_step"] - plan["step"])
 
 
-def adopt_time_plan(progress, plan: dict | None, t, metrics) -> None:
+def adopt_time_plan(progress: Any, plan: dict | None, t: TrainConfig, metrics: Any) -> None:
     """Keep a time plan (make_time_plan) in `progress` when one was made, and say so in the log and
     metrics.jsonl (`metrics`: runlog.MetricsWriter)."""
     if plan is None:

@@ -15,6 +15,7 @@ NCCL those go over a second, gloo group on CPU numbers, so they never wait for t
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -22,6 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, NoReturn
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.nn.parallel import DistributedDataParallel
 
 from mtkit.errors import TrainingError
 
@@ -72,9 +80,6 @@ def world_from_env() -> World:
 
 def join(world: World, device: str) -> str:
     """Join the process group (NCCL on CUDA, gloo on CPU); returns this process's device."""
-    import torch
-    import torch.distributed as dist
-
     if not world.distributed:
         return device
     if device == "cuda":
@@ -102,15 +107,11 @@ def collective(world: World):
 
 
 def leave(world: World) -> None:
-    import torch.distributed as dist
-
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(world: World) -> None:
-    import torch.distributed as dist
-
     if world.distributed:
         with collective(world):
             dist.barrier(group=world.control)
@@ -118,9 +119,6 @@ def barrier(world: World) -> None:
 
 def agree(world: World, values: list[int], op: str) -> list[int]:
     """Combine small integers over all processes ("sum" or "max"); one process: unchanged."""
-    import torch
-    import torch.distributed as dist
-
     if not world.distributed:
         return values
     t = torch.tensor(values, dtype=torch.int64)  # CPU: goes over gloo, no GPU sync
@@ -131,8 +129,6 @@ def agree(world: World, values: list[int], op: str) -> list[int]:
 
 def sum_tensor(world: World, t):
     """Sum a (device) tensor over all processes in place; returns it."""
-    import torch.distributed as dist
-
     if world.distributed:
         with collective(world):
             dist.all_reduce(t)
@@ -141,8 +137,6 @@ def sum_tensor(world: World, t):
 
 def gather(world: World, obj: Any) -> list[Any]:
     """Every process's `obj` (small, picklable), in rank order; one process: [obj]."""
-    import torch.distributed as dist
-
     if not world.distributed:
         return [obj]
     out: list[Any] = [None] * world.size
@@ -153,8 +147,6 @@ def gather(world: World, obj: Any) -> list[Any]:
 
 def check_in_sync(world: World, model) -> None:
     """Fail loudly if the processes' weights have drifted apart (they must be bit-identical)."""
-    import torch
-
     if not world.distributed:
         return
     with torch.no_grad():  # three sums per tensor, on its device, in float64
@@ -169,10 +161,6 @@ def check_in_sync(world: World, model) -> None:
 
 def no_buffer_sync() -> dict[str, bool]:
     """DistributedDataParallel's keyword for "never broadcast buffers" (renamed in torch 2.13)."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     if "forward_sync_buffers" in params:  # still syncs once at start, when every table is the same
         return {"forward_sync_buffers": False}
@@ -188,10 +176,6 @@ def cpu_threads(world: World) -> int:
 def launch(nproc: int, args: list[str]) -> int:
     """Run `python -m mtkit ARGS` as `nproc` processes on this machine with torch's launcher (what
     `torchrun --standalone --nproc_per_node NPROC` does); returns the exit code to pass on."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     if "WORLD_SIZE" in os.environ:
         raise TrainingError("--devices: this process was itself started by torchrun; give the process"
                             " count to torchrun (--nproc_per_node) and leave out --devices")

@@ -17,11 +17,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
+from torch import nn
+
 
 class EMA:
     """A frozen fp32 copy of `model` whose weights follow the training weights' moving average."""
 
-    def __init__(self, model, decay: float):
+    def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).eval()  # an nn.Module: validation decodes it like any model
         for p in self.model.parameters():
@@ -32,8 +35,6 @@ class EMA:
 
     def update(self, step: int) -> None:
         """Move the average towards the current training weights; `step` counts applied updates (1..)."""
-        import torch
-
         decay = min(self.decay, (1 + step) / (10 + step))
         with torch.no_grad():
             # One fused pass over all parameters: ema += (1 - decay) * (weights - ema).
@@ -44,3 +45,14 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state)
+
+
+def make_ema(model: nn.Module, decay: float, resume_state: dict[str, Any] | None) -> EMA | None:
+    """The weights' moving average when train.ema_decay > 0 (None when off): resumed from a
+    checkpoint that kept one, else started from the current weights."""
+    if decay <= 0:
+        return None
+    ema = EMA(model, decay)
+    if resume_state is not None and "train_weights" in resume_state:
+        ema.load_state_dict(resume_state["model"])  # saved with an average: "model" is the average
+    return ema

@@ -5,8 +5,14 @@ Training and validation both call `token_losses`, so the dev loss is the trainin
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-def token_losses(logits, target, label_smoothing: float, over: str):
+from mtkit.data.tokenizer import BOS_ID, PAD_ID
+
+
+def token_losses(logits: Tensor, target: Tensor, label_smoothing: float, over: str) -> tuple[Tensor, Tensor]:
     """Label-smoothed cross entropy and plain NLL, each summed over the real (non-pad) tokens.
 
     Args:
@@ -19,11 +25,6 @@ def token_losses(logits, target, label_smoothing: float, over: str):
     Returns:
         (loss, nll): the smoothed loss (differentiable) and the NLL for perplexity (no gradient).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from mtkit.tokenizer import BOS_ID, PAD_ID
-
     # One log-softmax serves both sums (a second logsumexp pass for the NLL cost ~8% of a step).
     lprobs = F.log_softmax(logits.float().view(-1, logits.size(-1)), dim=-1)  # (B*T, V)
     target = target.view(-1)  # (B*T,)

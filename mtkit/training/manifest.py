@@ -15,15 +15,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mtkit import files
 from mtkit.config import Config, SplitConfig, to_dict
+from mtkit.data.tokenizer import Tokenizer
+from mtkit.decoding.scoring import score
+from mtkit.errors import CheckpointError, DataError
+from mtkit.hardware import machine_report
+from mtkit.model.checkpoint import load_checkpoint, resolve_model_path
 
 
-def build(cfg: Config, tokenizer: Any, device: str, precision: str, processes: int) -> dict[str, Any]:
+def build(cfg: Config, tokenizer: Tokenizer, device: str, precision: str, processes: int) -> dict[str, Any]:
     """The manifest of a run about to train (see the module docstring)."""
-    import torch
-
-    from mtkit.hardware import machine_report
-
     report = machine_report()
     manifest = {
         "config": to_dict(cfg),
@@ -79,9 +83,7 @@ def git_commit() -> dict[str, Any] | None:
 
 
 def metric_signatures() -> dict[str, str]:
-    """The sacreBLEU signatures of the BLEU and chrF that validation logs (evaluate.score's defaults)."""
-    from mtkit.evaluate import score
-
+    """The sacreBLEU signatures of the BLEU and chrF that validation logs (scoring.score's defaults)."""
     return score(["a"], ["a"], metrics=("bleu", "chrf"))["signature"]  # a signature needs one scoring (nrefs)
 
 
@@ -89,8 +91,6 @@ def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], checkpoin
     """Refuse to resume when the training files' contents changed since `saved` (a checkpoint's
     manifest): the saved position in the epoch would then point into other data. Moved files with
     the same contents are fine; checkpoints from before manifests are not checked."""
-    from mtkit.errors import DataError
-
     def content(source: dict[str, Any] | None) -> Any:  # what the files hold, not where they are
         return [f["sha256"] for f in source["files"]] if source and "files" in source else source
 
@@ -105,9 +105,6 @@ def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], checkpoin
 
 def manifest_of(model_path: str | Path) -> dict[str, Any]:
     """The manifest stored in a checkpoint (or a run dir's best.pt)."""
-    from mtkit.checkpoint import load_checkpoint, resolve_model_path
-    from mtkit.errors import CheckpointError
-
     path = resolve_model_path(model_path)
     manifest = load_checkpoint(path).get("manifest")
     if manifest is None:
@@ -138,6 +135,4 @@ def format_manifest(manifest: dict[str, Any]) -> str:
 
 def write(run_dir: Path, manifest: dict[str, Any]) -> None:
     """RUN_DIR/manifest.json, written atomically."""
-    from mtkit.runsetup import write_atomic
-
-    write_atomic(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    files.write_text(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=1) + "\n")

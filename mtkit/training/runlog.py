@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from mtkit import files
+
 log = logging.getLogger("mtkit")
 
 LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
@@ -63,12 +67,10 @@ class _BarAwareHandler(logging.StreamHandler):
 PROGRESS: dict[str, Any] = {"bar": None}
 
 
-def progress_bar(total: int | None, initial: int, unit: str):
+def progress_bar(total: int | None, initial: int, unit: str) -> tqdm | None:
     """A tqdm bar on stderr when it is a terminal, else None (plain log lines do the job)."""
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
     bar = tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
     PROGRESS["bar"] = bar
     return bar
@@ -149,9 +151,7 @@ def drop_metrics_after(path: Path, step: int) -> int:
             continue
         kept.append(line)
     if dropped:
-        from mtkit.runsetup import write_atomic
-
-        write_atomic(path, "".join(line + "\n" for line in kept))
+        files.write_text(path, "".join(line + "\n" for line in kept))
     return dropped
 
 

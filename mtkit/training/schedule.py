@@ -7,7 +7,7 @@ different parametrisation). It holds no state: the step alone decides the rate, 
 
 `cooldown` takes the rate linearly to zero over the last part of the training budget (NOTE
 (differs from paper): the paper trains with inverse-sqrt to the end). A budgeted run then ends on
-a settled model instead of one still taking large steps; see README "Results" for what it gave.
+a settled model instead of one still taking large steps; see docs/results.md for what it gave.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Validation during training: dev loss/perplexity, and dev BLEU/chrF from greedy decoding.
 
-The hypotheses come from translate.translate_lines and the scores from evaluate.score, the
+The hypotheses come from translate.translate_lines and the scores from scoring.score, the
 same functions `mtkit translate` and `mtkit evaluate` use, so the BLEU logged for best.pt is the
-BLEU `mtkit evaluate best.pt --greedy` reproduces. It keeps the best score and the early-stopping
-count; train.py decides what to save.
+BLEU `mtkit evaluate best.pt --valid` reproduces. It keeps the best score and the early-stopping
+count; the Trainer decides what to save.
 """
 
 from __future__ import annotations
@@ -14,34 +14,35 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import datasets
+import torch
+from torch import nn
+
 from mtkit.config import Config
-from mtkit.hardware import resolve_decode_precision
+from mtkit.data.batching import TokenBatchSampler
+from mtkit.data.padding import make_batch
+from mtkit.data.pairs import dev_subset
+from mtkit.data.tokenizer import PAD_ID, Tokenizer
+from mtkit.decoding.precision import prepare_for_decoding, resolve_decode_precision
+from mtkit.decoding.scoring import score
+from mtkit.decoding.translate import translate_lines
+from mtkit.model.transformer import Transformer
+from mtkit.training.loss import token_losses
 
 log = logging.getLogger("mtkit")
-
-
-def dev_subset(valid_ds, max_sentences: int | None):
-    """The dev pairs validation scores: the first train.valid_max_sentences (all when None);
-    `mtkit evaluate --valid` takes the same ones."""
-    if max_sentences is not None and max_sentences < len(valid_ds):
-        return valid_ds.select(range(max_sentences))
-    return valid_ds
 
 
 class Validator:
     """Holds the dev set, batched once, and scores a model on it."""
 
-    def __init__(self, valid_ds, tokenizer, cfg: Config, device: str):
-        from mtkit.batching import TokenBatchSampler
-        from mtkit.data import make_batch
-
+    def __init__(self, valid_ds: datasets.Dataset, tokenizer: Tokenizer, cfg: Config, device: str):
         valid_ds = dev_subset(valid_ds, cfg.train.valid_max_sentences)
         self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
         self.label_smoothing = (cfg.train.label_smoothing, cfg.train.label_smoothing_over)
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
         # Validation BLEU is greedy (cheap and stable), decoded in decode.precision as `mtkit
-        # evaluate --greedy` does on this machine, so that it reproduces the logged BLEU.
+        # evaluate --valid` does on this machine, so that it reproduces the logged BLEU.
         precision, why = resolve_decode_precision(cfg.decode.precision, device)
         log.info("validation decodes with %s", why)
         self.decode = replace(cfg.decode, beam_size=1, nbest=1, precision=precision)
@@ -55,15 +56,8 @@ class Validator:
             if pairs:
                 self.loss_batches.append(make_batch([s for s, _ in pairs], [t for _, t in pairs]))
 
-    def run(self, model) -> dict[str, Any]:
+    def run(self, model: nn.Module) -> dict[str, Any]:
         """Score `model` (left in eval mode): valid_loss, valid_nll, valid_ppl, bleu, chrf."""
-        import torch
-
-        from mtkit.evaluate import score
-        from mtkit.loss import token_losses
-        from mtkit.tokenizer import PAD_ID
-        from mtkit.translate import translate_lines
-
         t0 = time.monotonic()
         model.eval()
         loss_sum = nll_sum = 0.0
@@ -92,23 +86,17 @@ class Validator:
             "seconds": time.monotonic() - t0,
         }
 
-    def decoding_copy(self, model):
+    def decoding_copy(self, model: nn.Module) -> nn.Module:
         """The model prepared for decode.precision as `mtkit evaluate` prepares best.pt (a new model,
-        the state dict loaded, translate.prepare_for_decoding); the training model stays fp32 and
+        the state dict loaded, precision.prepare_for_decoding); the training model stays fp32 and
         untouched. (fp32 needs no copy: fused and unfused fp32 projections multiply the same matrices.)"""
-        import torch
-
-        from mtkit.model import Transformer
-        from mtkit.tokenizer import PAD_ID
-        from mtkit.translate import prepare_for_decoding
-
         with torch.random.fork_rng(devices=[]):  # its throw-away initialisation leaves training's random stream alone
             copy = Transformer(self.model_cfg, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size,
                                pad_id=PAD_ID)
         copy.load_state_dict(model.state_dict())
         return prepare_for_decoding(copy.to(self.device).eval(), self.decode.precision)
 
-    def run_and_track(self, model, progress, metrics) -> bool:
+    def run_and_track(self, model: nn.Module, progress: Any, metrics: Any) -> bool:
         """Validate, log, and update progress.best_bleu / bad_validations; True when BLEU improved."""
         result = self.run(model)
         improved = result["bleu"] > progress.best_bleu

@@ -13,9 +13,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mtkit.checkpoint import FORMAT, load_checkpoint
 from mtkit.cli import app
-from mtkit.train import train
+from mtkit.model.checkpoint import FORMAT, load_checkpoint
+from mtkit.training.train import train
 from tests.tinyrun import tiny_config, tiny_overrides
 
 runner = CliRunner()
@@ -147,6 +147,7 @@ def test_bad_input_is_one_clear_error(name, tmp_path, model):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_empty_input_gives_an_empty_output_file(tmp_path, model):
     out = tmp_path / "out.txt"
     r = runner.invoke(app, ["translate", str(model), "-i", str(write(tmp_path / "in", "")), "-o", str(out)])

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtkit.config import DataConfig, SplitConfig
+from mtkit.data.sources import load_pairs
 from mtkit.errors import MtkitError
-from mtkit.sources import load_pairs
 
 COUNTER = itertools.count()
 # Text close enough to each format to get past the first checks into the parsers.

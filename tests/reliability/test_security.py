@@ -8,25 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from mtkit.train import train
+from mtkit.training.train import train
 from tests.tinyrun import tiny_config
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mtkit"
 
 
 def calls(name: str) -> list[tuple[Path, ast.Call]]:
-    """Every call of `name` (e.g. "torch.load", "eval") in the package's source."""
+    """Every call of `name` (e.g. "torch.load", "eval") in the package's source, every subpackage's too."""
     found = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == name:
                 found.append((path, node))
     return found
 
 
+def test_the_scan_reads_every_module_of_every_subpackage():
+    scanned = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")}
+    assert {"cli.py", "model/checkpoint.py", "decoding/search.py", "training/trainer.py"} <= scanned
+
+
 def test_every_torch_load_is_weights_only():
     loads = calls("torch.load")
-    assert loads, "expected checkpoint.py to load checkpoints"
+    assert any(p.name == "checkpoint.py" for p, _ in loads), "expected model/checkpoint.py to load checkpoints"
     for path, node in loads:
         kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
         assert kw.get("weights_only") == "True", f"{path.name}:{node.lineno} loads without weights_only=True"

@@ -1,0 +1,77 @@
+"""A run dir's tokenizer: trained from data.train the first time, reused while its settings hold.
+
+RUN_DIR/tokenizer holds the SentencePiece model(s) and settings.yaml, what they were trained from
+(the tokenizer section, the training split, the languages); a change to any of it trains them
+again. `mtkit tokenizer` and `mtkit train` both get the tokenizer here. Training SentencePiece
+itself is tokenizer.py's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import yaml
+
+from mtkit import files
+from mtkit.config import Config, to_dict
+from mtkit.data.sources import load_pairs
+from mtkit.data.tokenizer import Tokenizer, train_tokenizer
+from mtkit.errors import TrainingError
+
+log = logging.getLogger("mtkit")
+
+
+def tokenizer_settings(cfg: Config) -> dict[str, Any]:
+    """What the tokenizer depends on: if any of it changes, the tokenizer is trained again."""
+    return {"tokenizer": to_dict(cfg.tokenizer), "train": to_dict(cfg.data.train),
+            "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}
+
+
+def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False, readonly: bool = False) -> Tokenizer:
+    """The run dir's tokenizer if it was trained with these settings, else train and save one
+    (`readonly`: it must be there already)."""
+    tok_dir = run_dir / "tokenizer"
+    settings_path = tok_dir / "settings.yaml"
+    wanted = tokenizer_settings(cfg)
+    existing = Tokenizer.load(tok_dir) if tok_dir.exists() else None
+    if existing is not None and not retrain:
+        saved = yaml.safe_load(settings_path.read_text(encoding="utf-8")) if settings_path.exists() else None
+        if saved == wanted:
+            log.info("tokenizer: using %s", tok_dir)
+            return existing
+        if not readonly:
+            log.warning("tokenizer in %s was trained with other settings; training it again", tok_dir)
+    if readonly:
+        raise TrainingError(f"{tok_dir}: no tokenizer for this config; rank 0 should have trained it (was the"
+                            " run dir changed during start-up?)")
+    t0 = time.monotonic()
+    pairs = load_pairs(cfg.data.train, cfg.data, "train", cache_dir=run_dir / "cache")
+    log.info("tokenizer: training %s, vocab %d, %s on %d pairs ...", cfg.tokenizer.model_type,
+             cfg.tokenizer.vocab_size, "joint" if cfg.tokenizer.joint else "separate", len(pairs))
+    tok = train_tokenizer(cfg.tokenizer, iter_column(pairs, "src"), iter_column(pairs, "tgt"))
+    save_tokenizer(tok, tok_dir, wanted)
+    log.info("tokenizer: vocab %d/%d saved in %s (%.1fs)", tok.src_vocab_size, tok.tgt_vocab_size,
+             tok_dir, time.monotonic() - t0)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, tok_dir: Path, settings: dict[str, Any] | None) -> None:
+    """Write the model(s) into `tok_dir`, with the settings they were trained with; None (a tokenizer
+    taken from a checkpoint, --init-from) removes settings.yaml, so no config claims it."""
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(tok_dir)
+    if settings is None:
+        (tok_dir / "settings.yaml").unlink(missing_ok=True)
+    else:
+        files.write_text(tok_dir / "settings.yaml", yaml.safe_dump(settings, sort_keys=False))
+
+
+def iter_column(ds: datasets.Dataset, column: str, chunk: int = 10_000) -> Iterator[str]:
+    """Stream one text column of an Arrow dataset without materialising it as a list."""
+    for start in range(0, len(ds), chunk):
+        yield from ds[start:start + chunk][column]
