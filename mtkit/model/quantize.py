@@ -1,16 +1,24 @@
 """int8 decoding on CPUs: every Linear's matmul in 8-bit integers, with fp32 outside the matmuls.
 
 `decode.precision: int8` swaps each nn.Linear of a (fused, see model.fuse_for_decoding) model for
-an `Int8Linear`: weights quantized once per output channel, activations per row at every call
-(dynamic quantization), the product accumulated exactly in int32 by `torch._int_mm` and scaled
-back to fp32. Embeddings, layer norms, attention over the cache, the softmax and the search stay
-fp32. Training never uses it.
+an 8-bit one: weights quantized once per output channel, activations at every call (dynamic
+quantization), products summed exactly in int32 and scaled back to fp32. Two kernels do it, and
+the faster one here is used (`kernel_speedups`, timed at start-up on a decoding step's shapes):
+- "int_mm" (`Int8Linear`): `torch._int_mm`, activations per row. Fast where oneDNN has a VNNI
+  int8 path (3x fp32 on an AVX-512 VNNI CPU); on CPUs without VNNI (Zen 2/3) torch falls back to a
+  slow generic loop, ~30x slower than fp32.
+- "fbgemm" (`FbgemmLinear`): fbgemm's dynamic int8 linear, activations per tensor in 7 bits. Fast
+  on AVX2 CPUs without VNNI (1.1-1.6x fp32 on a Zen 2).
+Embeddings, layer norms, attention over the cache, the softmax and the search stay fp32. Training
+never uses it.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +26,10 @@ from torch import Tensor, nn
 from mtkit.errors import ConfigError
 
 ACTIVATION_LEVELS = 127  # activations in [-127, 127]: symmetric, so 0 is exact and no zero point is needed
+KERNELS = ("int_mm", "fbgemm")
+# A decoding step of the default model (d_model 256, d_ff 1024, 8k vocabulary, 32 sentences x beam 5):
+# the FFN's two matmuls and the output projection, (rows, in, out), timed together.
+STEP_SHAPES = ((160, 256, 1024), (160, 1024, 256), (160, 256, 8000))
 
 
 class Int8Linear(nn.Module):
@@ -69,40 +81,114 @@ def weight_levels() -> int:
     return 127 if exact else 63
 
 
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """Swap every nn.Linear in `model` for an Int8Linear, in place; returns the model (fp32 otherwise)."""
-    levels = weight_levels()
+class FbgemmLinear(nn.Module):
+    """y = x W^T + b by fbgemm's dynamic int8 linear (torch.ops.quantized.linear_dynamic).
+
+    Weights in [-127, 127] per output channel; activations quantized per call, per tensor, to 7
+    bits (reduce_range): AVX2 CPUs without VNNI add pairs of u8 x s8 products in saturating int16,
+    which 7-bit activations never overflow (127 * 127 * 2 < 32767), so the int32 sums are exact.
+    NOTE: torch deprecates its quantized tensor types (pytorch#184982), which fbgemm's packed weights
+    are made from; where a torch has removed them, `kernel_available("fbgemm")` is False and the
+    other kernel or fp32 decodes.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()  # (N, K)
+        scale = (w.abs().amax(dim=1).clamp_min(1e-12) / 127).double()  # (N,) one per output channel
+        zero = torch.zeros(w.size(0), dtype=torch.long)
+        with warnings.catch_warnings():  # the deprecation above, said once in this docstring instead
+            warnings.simplefilter("ignore", UserWarning)
+            w_q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack(w_q, bias)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., K) -> (..., N), fp32
+        shape = x.shape
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), self.packed, True)
+        return y.view(*shape[:-1], self.out_features)
+
+
+@functools.cache
+def kernel_available(kernel: str) -> bool:
+    """Whether `kernel` runs here (a torch build may lack an int8 matmul for CPUs, or fbgemm)."""
+    try:
+        make_int8_linear(nn.Linear(8, 8), kernel)(torch.ones(2, 8))
+    except (RuntimeError, AttributeError, ConfigError):
+        return False
+    return True
+
+
+def make_int8_linear(linear: nn.Linear, kernel: str) -> nn.Module:
+    """`linear` as an 8-bit Linear computed by `kernel` ("int_mm" or "fbgemm")."""
+    return Int8Linear(linear, weight_levels()) if kernel == "int_mm" else FbgemmLinear(linear)
+
+
+def quantize_linears(model: nn.Module, kernel: str | None = None) -> nn.Module:
+    """Swap every nn.Linear in `model` for an 8-bit one, in place (`kernel`: the fastest available
+    here when None); returns the model.
+
+    Raises:
+        ConfigError: no int8 kernel works with this torch.
+    """
+    kernel = kernel or fastest_kernel()[0]
+    if kernel is None:
+        raise ConfigError("decode.precision: int8 needs torch._int_mm or fbgemm's int8 linear, and neither works"
+                          " with this torch; use auto, fp32 or bf16")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child, levels))
+                setattr(parent, name, make_int8_linear(child, kernel))
     return model
 
 
-@functools.lru_cache(maxsize=1)
-def int8_speedup() -> float:
-    """How many times faster an Int8Linear is than an fp32 Linear here, quantization included, at
-    a decoding step's size (160 rows, 256 -> 1024); timed in a few milliseconds, best of 5."""
+def fastest_kernel() -> tuple[str | None, float]:
+    """(the fastest int8 kernel here, how many times as fast as fp32); (None, 0.0) when none runs."""
+    speedups = kernel_speedups()
+    if not speedups:
+        return None, 0.0
+    kernel = max(speedups, key=speedups.get)
+    return kernel, speedups[kernel]
+
+
+@functools.cache
+def kernel_speedups() -> dict[str, float]:
+    """How many times as fast as fp32 each available int8 kernel runs here, quantization included, on
+    a decoding step's matmuls (STEP_SHAPES); a few tens of milliseconds, best of 3. A kernel more
+    than 3x slower than fp32 after one timed pass is not timed further."""
     gen = torch.Generator().manual_seed(0)  # its own generator: training's random stream is left alone
-    linear = nn.utils.skip_init(nn.Linear, 256, 1024)
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(1024, 256, generator=gen) / 16)
-        linear.bias.zero_()
-    x = torch.randn(160, 256, generator=gen)
-    try:
-        quantized = Int8Linear(linear, weight_levels())
-    except ConfigError:
-        return 0.0  # no int8 matmul here: auto keeps bf16 / fp32
-
-    def best_time(f) -> float:
-        f()  # warm-up: picks kernels
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(4):
-                f()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
+    layers = []
+    for rows, k, n in STEP_SHAPES:
+        linear = nn.utils.skip_init(nn.Linear, k, n)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(n, k, generator=gen) / 16)
+            linear.bias.zero_()
+        layers.append((linear, torch.randn(rows, k, generator=gen)))
     with torch.inference_mode():
-        return best_time(lambda: linear(x)) / best_time(lambda: quantized(x))
+        fp32 = _step_time([lambda lin=lin, x=x: lin(x) for lin, x in layers])
+        out = {}
+        for kernel in (k for k in KERNELS if kernel_available(k)):
+            calls = [lambda q=make_int8_linear(lin, kernel), x=x: q(x) for lin, x in layers]
+            out[kernel] = fp32 / _step_time(calls, give_up_after=3 * fp32)
+    return out
+
+
+def _step_time(calls: list[Callable[[], Tensor]], give_up_after: float = float("inf")) -> float:
+    """Best time of 3 passes over `calls` after a warm-up pass (kernels are picked on first use);
+    after one timed pass when that pass took longer than `give_up_after` seconds."""
+    times = []
+    for i in range(4):
+        t0 = time.perf_counter()
+        for call in calls:
+            call()
+        if i:
+            times.append(time.perf_counter() - t0)
+            if times[-1] > give_up_after:
+                break
+    return min(times)
+
+
+def int8_speedup() -> float:
+    """How many times as fast as fp32 the fastest int8 kernel runs here (0 where none runs)."""
+    return fastest_kernel()[1]
