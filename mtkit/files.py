@@ -50,9 +50,10 @@ def write_all(contents: dict[Path, bytes]) -> None:
     """Several files that belong together (a corpus's six files): all are written and fsynced before
     the first is renamed into place, and the renames follow one another at once, so a crash while
     writing leaves every old file; only a crash between two renames can mix old and new."""
-    staged = [_NewFile(Path(path)) for path in contents]
+    staged: list[_NewFile] = []
     try:
-        for new, data in zip(staged, contents.values()):
+        for path, data in contents.items():
+            staged.append(new := _NewFile(Path(path)))
             new.file.write(data)
             new.file.flush()
             os.fsync(new.file.fileno())

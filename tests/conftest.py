@@ -80,7 +80,14 @@ def _watch_heavy_work() -> None:
     Trainer.run = _record("trains a model", Trainer.run)
     # platform.platform() asks `uname -p` once per process: the standard library's business, not a test's.
     subprocess.Popen.__init__ = _record("starts a process", subprocess.Popen.__init__,
-                                        ignore=lambda self, args, *_, **__: list(args)[:1] == ["uname"])
+                                        ignore=lambda self, *a, **k: _program(a[0] if a else k.get("args")) == "uname")
+
+
+def _program(args) -> str | None:
+    """The program a Popen call starts: the first item of its argument list (or a whole string)."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return os.fsdecode(args)
+    return os.fsdecode(args[0]) if args else None
 
 
 @pytest.hookimpl(tryfirst=True)

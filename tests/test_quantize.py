@@ -14,6 +14,7 @@ from mtkit.decoding.precision import resolve_decode_precision
 from mtkit.errors import ConfigError
 from mtkit.model import quantize
 from mtkit.model.quantize import FbgemmLinear, Int8Linear, kernel_available, quantize_linears, weight_levels
+from tests.cpu_probe import fbgemm_exact, int_mm_exact
 
 AVAILABLE = [k for k in quantize.KERNELS if kernel_available(k)]
 
@@ -24,15 +25,11 @@ def clear_caches():
 
 
 def test_int8_products_are_exact_on_this_cpu():
-    """weight_levels() is chosen so that _int_mm never saturates here, with full-range activations."""
+    """weight_levels() is chosen so that _int_mm never saturates here, with full-range activations
+    (tests/cpu_probe.py: the same check that runs under other CPUs' CPUID)."""
     levels = weight_levels()
     assert levels in (63, 127)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-127, 128, (40, 96), generator=gen, dtype=torch.int8)
-    x[:, :8] = 127  # the worst case for pairwise int16 sums
-    w = torch.randint(-levels, levels + 1, (96, 50), generator=gen, dtype=torch.int8)
-    w[:8] = levels
-    assert torch.equal(torch._int_mm(x, w), x.int() @ w.int())
+    assert int_mm_exact(levels)
 
 
 def test_int8_linear_is_exact_where_rounding_is_and_close_elsewhere():
@@ -71,6 +68,7 @@ def test_fbgemm_linear_sums_exactly_and_stays_close():
     x[1, :] = 127  # the worst case for pairwise int16 sums
     q = FbgemmLinear(linear)
     assert torch.equal(q(x), linear(x).detach())
+    assert fbgemm_exact()  # the larger case tests/cpu_probe.py checks under other CPUs' CPUID
     torch.manual_seed(0)
     linear, x = nn.Linear(256, 512), torch.randn(64, 256)
     with torch.no_grad():
