@@ -149,7 +149,9 @@ def test_auto_picks_int8_where_the_fastest_kernel_is_clearly_faster(monkeypatch)
 
 
 def test_kernels_are_timed_without_touching_the_random_stream():
-    quantize.kernel_speedups.cache_clear()
+    """Validation resolves decode.precision auto mid-training: probing and timing the kernels must
+    not draw from training's random stream, or a resumed run would differ from an uninterrupted one."""
+    clear_caches()
     before = torch.get_rng_state()
     speedups = quantize.kernel_speedups()
     assert set(speedups) == set(AVAILABLE) and all(s > 0 for s in speedups.values())

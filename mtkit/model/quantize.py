@@ -113,8 +113,12 @@ class FbgemmLinear(nn.Module):
 @functools.cache
 def kernel_available(kernel: str) -> bool:
     """Whether `kernel` runs here (a torch build may lack an int8 matmul for CPUs, or fbgemm)."""
+    probe = nn.utils.skip_init(nn.Linear, 8, 8)  # no random initialisation: training's stream is left alone
+    with torch.no_grad():
+        probe.weight.copy_(torch.eye(8))
+        probe.bias.zero_()
     try:
-        make_int8_linear(nn.Linear(8, 8), kernel)(torch.ones(2, 8))
+        make_int8_linear(probe, kernel)(torch.ones(2, 8))
     except (RuntimeError, AttributeError, ConfigError):
         return False
     return True
