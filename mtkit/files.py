@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
 _RENAME_EXCHANGE = 2  # renameat2 flag, linux/fs.h
@@ -99,7 +100,7 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     sweep(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(**_temp_naming(path)))
     os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would make it (mkdtemp: 0700)
     try:
         yield tmp
@@ -184,7 +185,7 @@ def _new_file(path: Path) -> tuple[int, Path | None]:
     """(fd, None) for a file without a name in path's folder, or (fd, its temporary name)."""
     if _naming(path.parent) is not None:
         return os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666), None  # the umask applies
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, name = tempfile.mkstemp(**_temp_naming(path))
     os.fchmod(fd, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp: 0600)
     return fd, Path(name)
 
@@ -239,9 +240,14 @@ def _naming(folder: Path) -> str | None:
     return _NAMING[device]
 
 
+def _temp_naming(path: Path) -> dict[str, Any]:
+    """tempfile's arguments for a temporary of `path`: `.NAME.PID-XXXX.tmp` beside it (what `sweep` reads)."""
+    return {"prefix": f".{path.name}.{os.getpid()}-", "suffix": TMP_SUFFIX, "dir": path.parent}
+
+
 def _temp_name(path: Path) -> Path:
     """A free name `.NAME.PID-XXXX.tmp` beside `path`."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, name = tempfile.mkstemp(**_temp_naming(path))
     os.close(fd)
     os.unlink(name)
     return Path(name)
@@ -261,7 +267,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def _libc():
+@functools.cache
+def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
