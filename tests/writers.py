@@ -116,19 +116,18 @@ def _translation(folder: Path, version: str) -> Path:
 def _ct2_export(folder: Path, version: str) -> Path:
     import torch
 
-    from mtkit.config import ModelConfig, to_dict
-    from mtkit.config import load_config as default_config
+    from mtkit.config import load_config, to_dict
     from mtkit.decoding.ct2 import export
     from mtkit.model.checkpoint import save_checkpoint
     from mtkit.model.transformer import Transformer
     from tests.conftest import tokenizer_for_tests
 
     tok = tokenizer_for_tests()
-    cfg = default_config(None, ["data.train.src=a", "data.train.tgt=b", "model.d_model=16", "model.heads=2",
-                                "model.d_ff=32", "model.encoder_layers=1", "model.decoder_layers=1",
-                                "decode.max_input_tokens=16"])
+    cfg = load_config(None, ["data.train.src=a", "data.train.tgt=b", "model.d_model=16", "model.heads=2",
+                             "model.d_ff=32", "model.encoder_layers=1", "model.decoder_layers=1",
+                             "decode.max_input_tokens=16"])
     torch.manual_seed(0 if version == "old" else 1)
-    model = Transformer(ModelConfig(**to_dict(cfg.model)), tok.src_vocab_size, tok.tgt_vocab_size)
+    model = Transformer(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     path = folder / f"{version}.pt"
     save_checkpoint(path, {"config": to_dict(cfg), "tokenizer": tok.to_bytes(), "model": model.state_dict()})
     export(path, folder / "ct2", force=True)

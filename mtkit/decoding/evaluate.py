@@ -33,7 +33,7 @@ def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:
 
 def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path, device: str = "cpu",
                         output: Path | None = None) -> dict[str, Any]:
-    """Translate a source file with a loaded model (translate.load_for_decoding) and score the
+    """Translate a source file with a loaded model (loading.load_for_decoding) and score the
     output against line-aligned references; `output` also keeps the translations (written
     atomically). The result is `score`'s, plus the beam size and length penalty used."""
     refs = read_text_lines(ref_path, "references")

@@ -36,8 +36,7 @@ def resolve_decode_precision(requested: str, device: str) -> tuple[str, str]:
     if requested == "int8":
         return "int8", f"decode.precision int8 as asked: {int8_words()}"
     if requested == "auto" and device.startswith("cpu"):
-        kernel, speedup = fastest_kernel()
-        if speedup >= INT8_MIN_SPEEDUP:
+        if fastest_kernel()[1] >= INT8_MIN_SPEEDUP:
             return "int8", f"decode.precision auto -> int8: {int8_words()}"
         precision, why = resolve_precision("auto", device, "decode.precision")
         return precision, f"{why}; not int8: {int8_words()}"
