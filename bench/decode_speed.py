@@ -3,6 +3,7 @@
 usage: python bench/decode_speed.py MODEL --src data/ding-de-en/test.de [--beams 1 5] [--threads 2]
                                     [--batch-tokens 4096 | --batch-sents 32] [--ref data/ding-de-en/test.en]
                                     [--precision fp32|bf16|int8|auto] [--engine torch|ctranslate2]
+                                    [--workers N]
 
 --engine ctranslate2 times `mtkit translate --engine ctranslate2`: MODEL is an `mtkit export`
 directory (or a checkpoint, exported to float32 on the fly); --precision fp32/bf16 are its
@@ -11,6 +12,10 @@ compute types float32/bfloat16, auto keeps the exported type (e.g. int8).
 Batches: mtkit's own (--batch-tokens: length-sorted, at most N padded source tokens x beam size each), or
 --batch-sents N as OpenNMT-py and CTranslate2 batch: the sentences sorted by length and cut into
 batches of N sentences.
+
+--workers: batches decoded at once (decode.workers; default auto: one per thread, at most 4), the
+threads shared out among them; 1 is one batch at a time on all threads. Both engines take it
+(CTranslate2 as inter_threads x intra_threads).
 
 Model loading is excluded from the timing; each setting is run once to warm up, then timed.
 Prints the settings and a table, then one JSON line with every figure.
@@ -40,6 +45,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N lines")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="fp32", help="decode.precision")
     ap.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
+    ap.add_argument("--workers", type=int, default=None, help="decode.workers (default: auto)")
     args = ap.parse_args()
 
     import torch
@@ -48,6 +54,7 @@ def main() -> None:
     from mtkit.decoding.scoring import score
     from mtkit.decoding.textio import read_text_lines
     from mtkit.decoding.translate import translate_lines
+    from mtkit.decoding.workers import map_batches, resolve_workers
     from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.model.loading import load_model
 
@@ -56,19 +63,21 @@ def main() -> None:
     if args.engine == "ctranslate2":
         from mtkit.decoding.ct2 import load_engine
 
-        model, tok, base_decode, _ = load_engine(args.model, "cpu", [f"decode.precision={args.precision}"])
+        sets = [f"decode.precision={args.precision}"] + ([f"decode.workers={args.workers}"] if args.workers else [])
+        model, tok, base_decode, _ = load_engine(args.model, "cpu", sets)
         what = f"CTranslate2 compute type {model.translator.compute_type}"
     else:
         model, tok, cfg = load_model(args.model, "cpu")
         params = model.num_parameters()  # before casting: fused copies and int8 buffers are not parameters
         model, args.precision = cast_for_decoding(model, args.precision)  # as `mtkit translate --set decode.precision=...`
-        base_decode, what = cfg.decode, f"{params:,} parameters, {args.precision}"
+        base_decode, what = replace(cfg.decode, workers=args.workers), f"{params:,} parameters, {args.precision}"
     lines = read_text_lines(args.src, "source")[: args.limit]
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()
     batching = f"{args.batch_sents} sentences" if args.batch_sents else f"{args.batch_tokens} tokens"
+    workers = model.workers if args.engine == "ctranslate2" else resolve_workers(base_decode.workers, "cpu")
     print(f"model {args.model}: {what}; {len(lines)} sentences from {args.src};"
-          f" threads {args.threads}; batches: {batching}; freed memory {malloc};"
+          f" threads {args.threads}; batches: {batching}, {workers} at once; freed memory {malloc};"
           f" torch {torch.__version__}")
     rows = []
     if args.batch_sents:  # length-sorted chunks of N sentences, each translated as one batch
@@ -82,9 +91,15 @@ def main() -> None:
         decode = replace(base_decode, beam_size=beam, nbest=1, batch_tokens=batch_tokens)
         translate_lines(model, tok, lines[:64], decode)  # warm-up
         out = [None] * len(lines)
+        # --batch-sents: each chunk is one batch, so the chunks are what run side by side.
+        one = replace(decode, workers=1) if args.batch_sents else decode
+
+        def run(chunk: list[int], one=one) -> list:
+            return translate_lines(model, tok, [lines[i] for i in chunk], one)
+
         t0 = time.perf_counter()
-        for chunk in chunks:
-            for i, ts in zip(chunk, translate_lines(model, tok, [lines[i] for i in chunk], decode)):
+        for chunk, found in zip(chunks, map_batches(run, chunks, workers if args.batch_sents else 1)):
+            for i, ts in zip(chunk, found):
                 out[i] = ts
         seconds = time.perf_counter() - t0
         hyps = [ts[0].text for ts in out]
@@ -101,7 +116,7 @@ def main() -> None:
               + (f" {r['bleu']:>6.2f}" if refs else ""))
     print(f"peak RSS {peak:.0f} MB (after loading the model: {rss_loaded:.0f} MB)")
     print(json.dumps({"model": args.model, "engine": args.engine, "sentences": len(lines), "threads": args.threads,
-                      "batching": batching, "precision": args.precision, "what": what, "results": rows, "peak_rss_mb": round(peak)}))
+                      "batching": batching, "workers": workers, "precision": args.precision, "what": what, "results": rows, "peak_rss_mb": round(peak)}))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ class DecodeConfig:
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # matmuls while translating (decoding/precision.py)
     batch_tokens: int = 4096  # padded source tokens x beam_size per decoding batch (memory grows with both)
     max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
+    workers: Optional[int] = None  # batches decoded at once on a CPU, sharing its threads; null = auto (decoding/workers.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +161,7 @@ RESUMABLE_KEYS = frozenset(
         "decode.precision",
         "decode.batch_tokens",
         "decode.max_input_tokens",
+        "decode.workers",
         "data.num_proc",
     }
 )

@@ -193,6 +193,7 @@ def _decode_problems(p: _Problems, dec: Any) -> None:
     p.positive("decode.batch_tokens", dec.batch_tokens)
     p.positive("decode.nbest", dec.nbest)
     p.positive("decode.max_input_tokens", dec.max_input_tokens)
+    p.positive("decode.workers", dec.workers)
     if dec.nbest > dec.beam_size > 0:
         p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
     if dec.max_len_a == 0 and dec.max_len_b == 0:

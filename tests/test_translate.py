@@ -294,3 +294,52 @@ def test_translate_answers_each_line_from_a_pipe_before_the_input_ends(trained):
     out, err = proc.communicate(b"\nko lu", timeout=120)  # an empty line, then a last line without newline
     assert proc.returncode == 0, err.decode()
     assert out.decode().split("\n") == ["", expected[1][0].text, ""]
+
+
+@pytest.mark.slow
+def test_two_workers_translate_as_one_and_leave_the_model_in_its_mode(trained, monkeypatch):
+    from dataclasses import replace
+
+    import torch
+
+    from mtkit.decoding import translate
+
+    root, model, tok, cfg = trained
+    modes = []
+
+    def search(model, *args):  # every batch is searched in eval mode, switched before the workers start
+        modes.append(model.training)
+        return real_search(model, *args)
+
+    real_search = translate.search
+    monkeypatch.setattr(translate, "search", search)
+    src = (root / "data/dev.src").read_text().splitlines()[:40]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = decode_settings(cfg.decode, beam=3, batch_tokens=30)  # many batches, so both workers get some
+        one = translate_lines(model, tok, src, replace(small, workers=1))
+        model.train()  # validation's case: the mode is switched once, not by each worker
+        two = translate_lines(model, tok, src, replace(small, workers=2))
+        assert model.training and len(modes) > 4 and not any(modes)
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
+    assert [[t.text for t in ts] for ts in two] == [[t.text for t in ts] for ts in one]
+    assert [t.score for ts in two for t in ts] == pytest.approx([t.score for ts in one for t in ts], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_translate_suggests_ctranslate2_only_where_it_is_clearly_faster(trained, monkeypatch, caplog):
+    from mtkit.decoding import engine_speed
+    from mtkit.decoding.loading import load_for_decoding
+
+    root, *_ = trained
+    for speedup, said in ((2.0, True), (1.0, False), (None, False)):
+        monkeypatch.setattr(engine_speed, "ct2_int8_speedup", lambda s=speedup: s)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="mtkit"):
+            load_for_decoding(root / "run", "cpu")
+        hints = [r.message for r in caplog.records if "CTranslate2 int8 decodes" in r.message]
+        assert bool(hints) == said, (speedup, hints)
+    assert "about 2.0x as fast" in engine_speed.hint(root / "run", 2.0)

@@ -36,6 +36,7 @@ from mtkit.config import Config, DecodeConfig, from_plain_dict, to_dict
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from mtkit.decoding.search_state import output_limit
 from mtkit.decoding.settings import decode_overrides, decode_settings
+from mtkit.decoding.workers import resolve_workers
 from mtkit.errors import ConfigError, DataError
 from mtkit.hardware import resolve_device
 from mtkit.model.loading import load_model
@@ -157,13 +158,19 @@ class CT2Engine:
         tokenizer: its tokenizer (ids <-> the pieces CTranslate2 takes and gives).
         device: "cpu" or "cuda".
         compute_type: CTranslate2's compute type: "default" (as exported), "int8", "float32", ...
-        threads: intra-op threads on the CPU (0 = CTranslate2's default; `load_engine` gives torch's).
+        threads: intra-op threads per worker on the CPU (0 = CTranslate2's default; `load_engine`
+            gives torch's, shared out among the workers).
+        workers: batches translated at once (CTranslate2's inter_threads; decode.workers, workers.py).
     """
 
     def __init__(self, path: str | Path, tokenizer: Any, device: str = "cpu", compute_type: str = "default",
-                 threads: int = 0):
+                 threads: int = 0, workers: int = 1):
         ct2 = extras.ctranslate2()
-        self.translator = ct2.Translator(str(path), device=device, compute_type=compute_type, intra_threads=threads)
+        torch_threads = torch.get_num_threads()
+        self.translator = ct2.Translator(str(path), device=device, compute_type=compute_type, intra_threads=threads,
+                                         inter_threads=workers)
+        torch.set_num_threads(torch_threads)  # CTranslate2 sets the process's OpenMP threads to its own
+        self.workers = workers  # translate.py hands it this many batches at once
         self.src_pieces = tokenizer.pieces("src")
         self.tgt_ids = {p: i for i, p in enumerate(tokenizer.pieces("tgt"))}
 
@@ -221,6 +228,9 @@ def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | t
                           " with the same --set decode.* options to allow longer ones")
     device = resolve_device(device)
     compute_type = COMPUTE_TYPES[decode.precision]
-    engine = CT2Engine(p, tok, "cuda" if device.startswith("cuda") else "cpu", compute_type, torch.get_num_threads())
-    log.info("CTranslate2 %s: %s, compute type %s", extras.ctranslate2().__version__, p, compute_type)
+    workers = resolve_workers(decode.workers, device)
+    engine = CT2Engine(p, tok, "cuda" if device.startswith("cuda") else "cpu", compute_type,
+                       max(1, torch.get_num_threads() // workers), workers)
+    log.info("CTranslate2 %s: %s, compute type %s, %d batch(es) at once", extras.ctranslate2().__version__, p,
+             compute_type, workers)
     return engine, tok, decode, device

@@ -1,8 +1,9 @@
 """Translate lines and whole files: one output line per input line, in input order, always.
 
-Lines are sorted by length into token-budget batches for speed and put back in order; files are
-read in chunks (textio.py) so memory stays flat, and written through files.replacing, so a killed
-job never leaves a partial file that looks complete. Search itself is in search.py; what model
+Lines are sorted by length into token-budget batches for speed (decoded `decode.workers` at a
+time on a CPU, workers.py) and put back in order; files are read in chunks (textio.py) so memory
+stays flat, and written through files.replacing, so a killed job never leaves a partial file that
+looks complete. Search itself is in search.py; what model
 and settings to decode with, loading.py.
 """
 
@@ -23,7 +24,9 @@ from mtkit import files
 from mtkit.config import DecodeConfig
 from mtkit.data.padding import make_batch
 from mtkit.decoding.search import search
+from mtkit.decoding.search_state import eval_mode
 from mtkit.decoding.textio import CHUNK_LINES, arrives_over_time, count_lines, read_as_available, read_chunks
+from mtkit.decoding.workers import map_batches, resolve_workers
 from mtkit.errors import DataError
 
 log = logging.getLogger("mtkit")
@@ -58,13 +61,18 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     # in memory shows up at once rather than at the end of a long job.
     keep.sort(key=lambda item: -len(item[1]))
     search_ids = getattr(model, "search_ids", None)  # an exported model's engine (ct2.py) takes the ids itself
-    with torch.inference_mode():
-        # decode.batch_tokens counts the rows beam search decodes: beam_size per sentence.
-        for batch in token_batches(keep, max(1, decode.batch_tokens // decode.beam_size)):
-            if search_ids is not None:
-                found = search_ids([s for _, s in batch], decode)
-            else:
-                found = search(model, make_batch([s for _, s in batch])["src"].to(device), decode)
+
+    def find(batch: list[tuple[int, list[int]]]) -> list:
+        if search_ids is not None:
+            return search_ids([s for _, s in batch], decode)
+        return search(model, make_batch([s for _, s in batch])["src"].to(device), decode)
+
+    # decode.batch_tokens counts the rows beam search decodes: beam_size per sentence.
+    batches = list(token_batches(keep, max(1, decode.batch_tokens // decode.beam_size)))
+    # Eval mode once for all workers (search's own switch would race between threads).
+    with torch.inference_mode(), eval_mode(model):
+        workers = getattr(model, "workers", 1) if search_ids is not None else resolve_workers(decode.workers, device)
+        for batch, found in zip(batches, map_batches(find, batches, workers)):
             for (i, _), hyps in zip(batch, found):
                 texts = tokenizer.decode_tgt([h.tokens for h in hyps])
                 out[i] = [Translation(t, h.score) for t, h in zip(texts, hyps)]
