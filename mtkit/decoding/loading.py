@@ -4,6 +4,7 @@ tokenizer, the decode settings and the device, from a checkpoint, a run dir or a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,15 @@ import torch
 
 from mtkit.config import DecodeConfig
 from mtkit.data.tokenizer import Tokenizer
-from mtkit.decoding import ct2
+from mtkit.decoding import ct2, engine_speed
 from mtkit.decoding.precision import cast_for_decoding
 from mtkit.decoding.settings import decode_overrides, decode_settings
 from mtkit.errors import ConfigError
 from mtkit.hardware import resolve_device
 from mtkit.memory import keep_freed_memory
 from mtkit.model.loading import load_model
+
+log = logging.getLogger("mtkit")
 
 
 def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: list[str] | tuple[str, ...] = (),
@@ -28,7 +31,8 @@ def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: l
     device). The checkpoint's decode.* settings, then `--set decode.*=...` overrides, then the flags;
     the weights cast for decode.precision (auto resolved, so the settings name what runs).
     engine "ctranslate2": the model is an exported directory (or a checkpoint, exported on the fly)
-    and CTranslate2 searches (ct2.py)."""
+    and CTranslate2 searches (ct2.py). On a CPU where CTranslate2 int8 is clearly faster than the
+    native path, a log line says so, with the commands (engine_speed.py)."""
     flags = dict(beam=beam, greedy=greedy, nbest=nbest, batch_tokens=batch_tokens)
     if engine == "ctranslate2":
         return ct2.load_engine(model_path, device, overrides, **flags)
@@ -43,4 +47,6 @@ def load_for_decoding(model_path: str | Path, device: str = "auto", overrides: l
     model, tok, cfg = load_model(model_path, device)
     decode = decode_settings(decode_overrides(cfg, overrides).decode, **flags)
     model, precision = cast_for_decoding(model, decode.precision, device)
+    if device == "cpu" and (line := engine_speed.hint(model_path, engine_speed.ct2_int8_speedup())):
+        log.info("%s", line)
     return model, tok, replace(decode, precision=precision), device

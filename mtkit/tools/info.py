@@ -1,5 +1,6 @@
 """`mtkit info`: versions, the CPU and what it computes natively, threads and GPUs, and the
-precisions `auto` picks here for training and for decoding: what a bug report needs.
+precisions `auto` picks here for training and for decoding, and how CTranslate2's int8 compares
+with mtkit's own decoding here: what a bug report needs.
 
 The facts come from hardware.py (decoding's int8 choice from decoding/precision.py, which times
 it); a model's run manifest (`mtkit info MODEL`) is training/manifest.py's.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtkit.decoding.engine_speed import ct2_int8_speedup
 from mtkit.decoding.precision import resolve_decode_precision
 from mtkit.hardware import machine_report
 
@@ -20,6 +22,9 @@ def info_report() -> dict[str, Any]:
     at = list(report).index("auto_precision_cpu") + 1
     items = list(report.items())
     items.insert(at, ("auto_decode_precision_cpu", resolve_decode_precision("auto", "cpu")[0]))
+    speedup = ct2_int8_speedup()  # None without ctranslate2
+    items.insert(at + 1, ("ct2_int8_vs_native_cpu", "ctranslate2 not installed" if speedup is None else
+                          f"{speedup:.1f}x as fast (default-size model, beam 5; engine_speed.py)"))
     return dict(items)
 
 
@@ -33,5 +38,5 @@ def format_report(report: dict[str, Any]) -> str:
                 for g in value)
         elif isinstance(value, bool):
             value = "yes" if value else "no"
-        lines.append(f"{key + ':':<22}{value}")
+        lines.append(f"{key + ':':<27}{value}")
     return "\n".join(lines)
