@@ -56,3 +56,13 @@ def test_time_engines_times_both_on_this_cpu():
     speedup = engine_speed.time_engines()
     assert 0.05 < speedup < 20  # a ratio of two real timings, whatever this CPU is
     assert torch.equal(torch.random.get_rng_state(), state)  # nobody's random stream was touched
+
+
+def test_a_failed_timing_is_no_answer_and_no_error(tmp_path, monkeypatch):
+    def fails():
+        raise RuntimeError("int8 is not supported on this device")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(engine_speed, "time_engines", fails)
+    assert engine_speed.ct2_int8_speedup() is None
+    assert not (tmp_path / "mtkit" / engine_speed.CACHE_FILE).exists()

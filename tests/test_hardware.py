@@ -211,8 +211,13 @@ def test_info_reports_versions_and_what_auto_picks(cpu_bf16):
     assert {"mtkit", "sentencepiece", "sacrebleu", "datasets", "cpu", "cpu_capability", "torch_threads",
             "gpus"} <= set(report)
     assert (report["cpu_native_bf16"], report["auto_precision_cpu"]) == (False, "fp32")
+    assert report["ct2_int8_vs_native_cpu"].endswith("x as fast (default-size model, beam 5; engine_speed.py)")
     r = CliRunner().invoke(app, ["info"])
-    assert r.exit_code == 0 and "cpu_native_bf16:      no" in r.stdout and "gpus:                 none" in r.stdout
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert "cpu_native_bf16:           no" in lines and "gpus:                      none" in lines
+    value_columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in lines}
+    assert len(value_columns) == 1, "values aligned in one column"
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
