@@ -237,19 +237,24 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the translations here."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens x beam size per batch."),
+    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language (BLEU's tokenizer); default: MODEL's."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help="sacreBLEU tokenizer for BLEU (13a, zh, char, ...)."),
+    chrf_word_order: Optional[int] = typer.Option(None, "--chrf-word-order", help="chrF word n-grams; 2 = chrF++."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
-    """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures)."""
+    """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures), BLEU tokenized for
+    the target language."""
     from mtkit.decoding.evaluate import evaluate
     from mtkit.decoding.scoring import format_scores
 
     result = evaluate(model, src, ref, hyp, valid, device=device, overrides=set_ or [], beam=beam, greedy=greedy,
-                      batch_tokens=batch_tokens, engine=engine, output=output)
+                      batch_tokens=batch_tokens, engine=engine, output=output, tgt_lang=tgt_lang, tokenize=tokenize,
+                      chrf_word_order=chrf_word_order)
     if as_json:
         typer.echo(json.dumps({"bleu": result["bleu"], "chrf": result["chrf"], "ter": result["ter"],
-                               "signature": result["signature"], "n": result["n"],
+                               "signature": result["signature"], "label": result["label"], "n": result["n"],
                                **({"decode": result["decode"]} if "decode" in result else {})}))
     else:
         typer.echo(format_scores(result))

@@ -100,8 +100,11 @@ class TrainConfig:
     max_time: Optional[str] = None  # stop after this training time (all calls): seconds, "90s", "12m", "2h"
     eval_every: int = 1000  # updates between validations (and last.pt saves)
     log_every: int = 100  # updates between training log lines
-    patience: int = 10  # stop after this many validations without a better dev BLEU; 0 = never
+    patience: int = 10  # stop after this many validations without a better best_metric; 0 = never
+    best_metric: Literal["bleu", "chrf", "loss"] = "bleu"  # the dev score that picks best.pt and counts patience
     valid_max_sentences: Optional[int] = None  # validate on the first N dev pairs; null = all
+    valid_tokenize: Optional[str] = None  # sacreBLEU tokenizer for dev BLEU; null = data.tgt_lang's (scoring.py)
+    valid_chrf_word_order: int = 0  # dev chrF's word n-grams: 0 = chrF, 2 = chrF++
     keep_last: int = 2  # step checkpoints step-N.pt kept besides last.pt and best.pt
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 where native, else fp32 (hardware.py)
@@ -152,6 +155,9 @@ RESUMABLE_KEYS = frozenset(
         "train.compile",
         "train.precision",  # numerics only: a run started in bf16 on the wrong machine can go on in fp32
         "train.valid_max_sentences",
+        "train.best_metric",  # best and patience restart with a warning (state.py), as for the three below
+        "train.valid_tokenize",
+        "train.valid_chrf_word_order",
         "decode.beam_size",
         "decode.length_penalty",
         "decode.max_len_a",

@@ -474,8 +474,8 @@ def test_changing_the_dev_subset_on_resume_restarts_best_and_patience(tmp_path):
     best_before = load_checkpoint(tmp_path / "run/last.pt")["progress"]["best_bleu"]
     train(tiny_config(tmp_path, extra=["train.max_steps=15", "train.eval_every=5", "train.valid_max_sentences=8"]))
     log = (tmp_path / "run/train.log").read_text()
-    assert (f"train.valid_max_sentences changed (20 -> 8): best dev BLEU ({best_before:.2f}) and patience start"
-            " afresh") in log
+    assert (f"train.valid_max_sentences changed (20 -> 8): the best dev bleu ({best_before:.2f}) and patience"
+            " start afresh") in log
     assert "valid step 15:" in log and "*best*" in log.split("valid step 15:")[1].splitlines()[0]
 
 

@@ -205,6 +205,11 @@ class CT2Engine:
         return out
 
 
+def export_config(path: str | Path) -> Config:
+    """The config of the model an `export` directory holds (written beside it as CONFIG_FILE)."""
+    return from_plain_dict(yaml.safe_load((Path(path) / CONFIG_FILE).read_text(encoding="utf-8")))
+
+
 # decode.precision -> CTranslate2's compute type; auto keeps what the model was exported as.
 COMPUTE_TYPES = {"auto": "default", "fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 
@@ -217,7 +222,7 @@ def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | t
     if not is_ct2_dir(p):
         with tempfile.TemporaryDirectory(prefix="mtkit-ct2-") as tmp:
             return load_engine(export(p, Path(tmp) / "model"), device, overrides, **flags)
-    cfg = from_plain_dict(yaml.safe_load((p / CONFIG_FILE).read_text(encoding="utf-8")))
+    cfg = export_config(p)
     tok = Tokenizer.load(p / "tokenizer")
     if tok is None:
         raise DataError(f"{p / 'tokenizer'}: no SentencePiece model; export the model again")

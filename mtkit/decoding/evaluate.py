@@ -1,25 +1,47 @@
 """`mtkit evaluate`: score a hypothesis file, or translate a source file (or a run's dev set) with a
 model and score the output; sacreBLEU itself is called in scoring.py.
+
+BLEU is tokenized for the target language: the model's data.tgt_lang, or `--tgt-lang` for a
+hypothesis file; `--tokenize` and `--chrf-word-order` override. `--valid` scores as the run's
+validation did (its train.valid_tokenize and train.valid_chrf_word_order).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mtkit import files
-from mtkit.config import from_plain_dict
+from mtkit.config import Config, from_plain_dict
 from mtkit.data.pairs import dev_subset
 from mtkit.data.sources import load_pairs
+from mtkit.decoding.ct2 import export_config, is_ct2_dir
 from mtkit.decoding.loading import load_for_decoding
-from mtkit.decoding.scoring import score
+from mtkit.decoding.scoring import bleu_language, bleu_metric, score
 from mtkit.decoding.textio import read_text_lines
 from mtkit.decoding.translate import translate_lines
 from mtkit.errors import ConfigError, DataError
 from mtkit.model.checkpoint import load_checkpoint, resolve_model_path
 
 
-def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Scoring:
+    """How to score: the target language (BLEU's tokenizer), a tokenizer instead, chrF's word order."""
+
+    tgt_lang: str | None = None
+    tokenize: str | None = None
+    chrf_word_order: int = 0
+
+    def score(self, hyps: list[str], refs: list[str]) -> dict[str, Any]:
+        return score(hyps, refs, tgt_lang=self.tgt_lang, tokenize=self.tokenize, chrf_word_order=self.chrf_word_order)
+
+    def check(self) -> None:
+        """Fail now (one error line) where BLEU's tokenizer cannot run, not after translating."""
+        bleu_metric(bleu_language(self.tgt_lang), self.tokenize)
+
+
+def score_files(hyp_path: Path, ref_path: Path, scoring: Scoring = Scoring()) -> dict[str, Any]:
     """Score a hypothesis file against a reference file, refusing different line counts."""
     hyps = read_text_lines(hyp_path, "hypotheses")
     refs = read_text_lines(ref_path, "references")
@@ -28,11 +50,11 @@ def score_files(hyp_path: Path, ref_path: Path) -> dict[str, Any]:
             f"hypotheses {hyp_path} has {len(hyps)} lines but references {ref_path} has {len(refs)};"
             " they must be line-aligned"
         )
-    return score(hyps, refs)
+    return scoring.score(hyps, refs)
 
 
 def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path, device: str = "cpu",
-                        output: Path | None = None) -> dict[str, Any]:
+                        output: Path | None = None, scoring: Scoring = Scoring()) -> dict[str, Any]:
     """Translate a source file with a loaded model (loading.load_for_decoding) and score the
     output against line-aligned references; `output` also keeps the translations (written
     atomically). The result is `score`'s, plus the beam size and length penalty used."""
@@ -41,15 +63,15 @@ def translate_and_score(model, tokenizer, decode, src_path: Path, ref_path: Path
     if len(srcs) != len(refs):
         raise DataError(f"source {src_path} has {len(srcs)} lines but references {ref_path} has {len(refs)};"
                         " they must be line-aligned")
-    return _translate_and_score_lines(model, tokenizer, decode, srcs, refs, device, output)
+    return _translate_and_score_lines(model, tokenizer, decode, srcs, refs, device, output, scoring)
 
 
 def _translate_and_score_lines(model, tokenizer, decode, srcs: list[str], refs: list[str], device: str,
-                               output: Path | None) -> dict[str, Any]:
+                               output: Path | None, scoring: Scoring) -> dict[str, Any]:
     hyps = [ts[0].text for ts in translate_lines(model, tokenizer, srcs, decode, device)]
     if output is not None:
         files.write_text(output, "".join(h + "\n" for h in hyps))
-    result = score(hyps, refs)
+    result = scoring.score(hyps, refs)
     result["decode"] = {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
                         "precision": decode.precision}
     return result
@@ -58,13 +80,17 @@ def _translate_and_score_lines(model, tokenizer, decode, srcs: list[str], refs: 
 def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | None, valid: bool, *,
              device: str = "auto", overrides: list[str] | tuple[str, ...] = (), beam: int | None = None,
              greedy: bool = False, batch_tokens: int | None = None, engine: str = "torch",
-             output: Path | None = None) -> dict[str, Any]:
+             output: Path | None = None, tgt_lang: str | None = None, tokenize: str | None = None,
+             chrf_word_order: int | None = None) -> dict[str, Any]:
     """What `mtkit evaluate` scores: a hypothesis file (`hyp`), MODEL's translations of `src`, or with
-    `valid` MODEL's greedy translations of its run's dev set, decoded as training's validation did."""
+    `valid` MODEL's greedy translations of its run's dev set, decoded and scored as training's
+    validation did. `tgt_lang`, `tokenize`, `chrf_word_order`: see the module docstring."""
+    if chrf_word_order is not None and chrf_word_order < 0:
+        raise ConfigError(f"--chrf-word-order: must be >= 0 (got {chrf_word_order}); 2 is chrF++")
     if hyp is not None:
         if model is not None or src is not None or valid or ref is None:
             raise ConfigError("--hyp scores a file: give it with --ref, without MODEL, --src or --valid")
-        return score_files(hyp, ref)
+        return score_files(hyp, ref, Scoring(tgt_lang, tokenize, chrf_word_order or 0))
     if model is None:
         raise ConfigError("give MODEL with --src and --ref (translate, then score), MODEL with --valid (its run's"
                           " dev set, as validation scored it), or --hyp with --ref (score a file)")
@@ -77,16 +103,28 @@ def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | 
             raise ConfigError("--valid decodes as training's validation did: greedy, with mtkit's engine;"
                               " drop --beam / --engine")
         greedy = True
+    cfg = model_config(model)
+    t = cfg.train
+    scoring = Scoring(tgt_lang or cfg.data.tgt_lang, tokenize or (t.valid_tokenize if valid else None),
+                      chrf_word_order if chrf_word_order is not None else (t.valid_chrf_word_order if valid else 0))
+    scoring.check()
     net, tok, decode, dev = load_for_decoding(model, device, overrides, beam, greedy, None, batch_tokens, engine)
     if not valid:
-        return translate_and_score(net, tok, decode, src, ref, dev, output)
-    return _translate_and_score_lines(net, tok, decode, *validation_pairs(model), dev, output)
+        return translate_and_score(net, tok, decode, src, ref, dev, output, scoring)
+    return _translate_and_score_lines(net, tok, decode, *validation_pairs(model, cfg), dev, output, scoring)
 
 
-def validation_pairs(model_path: str | Path) -> tuple[list[str], list[str]]:
+def model_config(model_path: str | Path) -> Config:
+    """The config a checkpoint, run dir or CTranslate2 export was trained with."""
+    if is_ct2_dir(model_path):
+        return export_config(model_path)
+    return from_plain_dict(load_checkpoint(resolve_model_path(model_path))["config"])
+
+
+def validation_pairs(model_path: str | Path, cfg: Config | None = None) -> tuple[list[str], list[str]]:
     """The dev sources and references a checkpoint's training validated on: its config's data.valid,
     read as training reads it, cut to train.valid_max_sentences (pairs.dev_subset)."""
-    cfg = from_plain_dict(load_checkpoint(resolve_model_path(model_path))["config"])
+    cfg = cfg or model_config(model_path)
     if cfg.data.valid is None:
         raise ConfigError(f"{model_path}: its config has no data.valid, so training never validated; use --src and --ref")
     pairs = dev_subset(load_pairs(cfg.data.valid, cfg.data, "valid"), cfg.train.valid_max_sentences)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from mtkit.config import Config
+from mtkit.config import Config, TrainConfig
 from mtkit.data.batching import TokenBatchSampler
 from mtkit.errors import CheckpointError, TrainingError
 from mtkit.training.distributed import World
@@ -28,11 +28,32 @@ class Progress:
     """The counters a checkpoint carries besides weights and optimizer state."""
 
     step: int = 0  # optimizer updates done
-    best_bleu: float = -1.0
-    bad_validations: int = 0  # validations in a row without a better BLEU (early stopping)
+    best_bleu: float = -1.0  # the best dev BLEU so far (reported whatever train.best_metric is)
+    best: Optional[float] = None  # the best dev value of train.best_metric so far (None: no validation yet)
+    bad_validations: int = 0  # validations in a row without a better best_metric (early stopping)
     tokens_seen: int = 0  # target tokens (non-pad) trained on
     train_seconds: float = 0.0  # wall time of the training loop over all calls, as of the last save
     time_plan: dict | None = None  # train.max_time turned into updates (budget.make_time_plan)
+
+
+# What a best score and patience compare: change one, and old and new scores are apples and pears.
+SCORING_KEYS = ("best_metric", "valid_max_sentences", "valid_tokenize", "valid_chrf_word_order")
+
+
+def restart_best_if_scored_otherwise(progress: Progress, saved: dict[str, Any], train: TrainConfig) -> Progress:
+    """A resumed run's Progress, with its best score and patience restarted (and a warning) where
+    `train` scores the dev set otherwise than the `saved` train section did."""
+    defaults = TrainConfig()
+    saved = {key: saved.get(key, getattr(defaults, key)) for key in SCORING_KEYS}  # older runs lack some keys
+    if progress.best is None and progress.best_bleu >= 0 and saved["best_metric"] == "bleu":
+        progress.best = progress.best_bleu  # saved before best_metric existed
+    changed = [f"train.{key} changed ({saved[key]} -> {getattr(train, key)})" for key in SCORING_KEYS
+               if saved[key] != getattr(train, key)]
+    if changed and progress.best is not None:
+        log.warning("%s: the best dev %s (%.2f) and patience start afresh", "; ".join(changed),
+                    saved["best_metric"], progress.best)
+        progress.best, progress.best_bleu, progress.bad_validations = None, -1.0, 0
+    return progress
 
 
 def restore(run: Run, cfg: Config, world: World, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -54,13 +75,8 @@ def restore(run: Run, cfg: Config, world: World, model: torch.nn.Module, optimiz
         if s.get("scaler") and scaler.is_enabled():  # none, or unused, when resumed in another precision
             scaler.load_state_dict(s["scaler"])
         sampler.load_state_dict(s["data"])
-        progress = Progress(**s["progress"])
-        saved_subset = s.get("config", {}).get("train", {}).get("valid_max_sentences")
-        if saved_subset != cfg.train.valid_max_sentences and progress.best_bleu >= 0:
-            # Best BLEU and patience compare scores; on another dev subset they would compare apples and pears.
-            log.warning("train.valid_max_sentences changed (%s -> %s): best dev BLEU (%.2f) and patience start"
-                        " afresh on the new dev subset", saved_subset, cfg.train.valid_max_sentences, progress.best_bleu)
-            progress.best_bleu, progress.bad_validations = -1.0, 0
+        progress = restart_best_if_scored_otherwise(Progress(**s["progress"]), s.get("config", {}).get("train", {}),
+                                                    cfg.train)
         per_rank = s.get("rng_ranks") or [s["rng"]]
         if len(per_rank) == world.size:
             restore_rng(per_rank[world.rank])

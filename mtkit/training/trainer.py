@@ -265,10 +265,13 @@ class Trainer:
         elapsed = time.monotonic() - self.started
         memory = peak_memory_mb(self.device)
         why, p = reason.message(self.t), self.progress
-        log.info("done: %s at step %d after %s; best dev BLEU %.2f; peak memory %s; checkpoints in %s",
-                 why, p.step, format_seconds(elapsed), p.best_bleu,
+        metric = self.cfg.train.best_metric
+        best = "" if metric == "bleu" or p.best is None else f", best dev {metric} {p.best:.3f}"
+        log.info("done: %s at step %d after %s; best dev BLEU %.2f%s; peak memory %s; checkpoints in %s",
+                 why, p.step, format_seconds(elapsed), p.best_bleu, best,
                  ", ".join(f"{k} {v:,} MB" for k, v in memory.items()), self.run_dir)
         self.metrics.write("end", step=p.step, reason=why, elapsed_s=round(elapsed, 1), best_bleu=p.best_bleu,
+                           best_metric=metric, best=p.best,
                            **{f"peak_{k}_mb": v for k, v in memory.items()})
         return {"step": p.step, "reason": why, "best_bleu": p.best_bleu, "run_dir": str(self.run_dir)}
 

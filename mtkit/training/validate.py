@@ -38,6 +38,10 @@ class Validator:
     def __init__(self, valid_ds: datasets.Dataset, tokenizer: Tokenizer, cfg: Config, device: str):
         valid_ds = dev_subset(valid_ds, cfg.train.valid_max_sentences)
         self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
+        self.best_metric = cfg.train.best_metric
+        # Dev BLEU tokenized for the target language (scoring.py; train.py has checked it runs).
+        self.scoring = dict(tgt_lang=cfg.data.tgt_lang, tokenize=cfg.train.valid_tokenize,
+                            chrf_word_order=cfg.train.valid_chrf_word_order)
         self.label_smoothing = (cfg.train.label_smoothing, cfg.train.label_smoothing_over)
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
@@ -73,7 +77,7 @@ class Validator:
         decoder = self.decoding_copy(model) if self.decode.precision != "fp32" else model
         hyps = [ts[0].text for ts in translate_lines(decoder, self.tokenizer, self.src_texts, self.decode, self.device)]
         del decoder
-        scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
+        scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"), **self.scoring)
         tokens = max(tokens, 1)
         return {
             "valid_loss": loss_sum / tokens,
@@ -82,6 +86,8 @@ class Validator:
             "bleu": scores["bleu"],
             "chrf": scores["chrf"],
             "signature": scores["signature"]["bleu"],
+            "chrf_label": scores["label"]["chrf"],
+            "chrf_signature": scores["signature"]["chrf"],
             "hyps": hyps,
             "seconds": time.monotonic() - t0,
         }
@@ -97,18 +103,22 @@ class Validator:
         return prepare_for_decoding(copy.to(self.device).eval(), self.decode.precision)
 
     def run_and_track(self, model: nn.Module, progress: Any, metrics: Any) -> bool:
-        """Validate, log, and update progress.best_bleu / bad_validations; True when BLEU improved."""
+        """Validate, log, and update progress.best / best_bleu / bad_validations; True when
+        train.best_metric improved (dev BLEU or chrF higher, or dev loss lower)."""
         result = self.run(model)
-        improved = result["bleu"] > progress.best_bleu
+        value = result["valid_loss" if self.best_metric == "loss" else self.best_metric]
+        improved = progress.best is None or (value < progress.best if self.best_metric == "loss" else value > progress.best)
         if improved:
-            progress.best_bleu = result["bleu"]
-            progress.bad_validations = 0
+            progress.best, progress.bad_validations = value, 0
         else:
             progress.bad_validations += 1
-        log.info("valid step %d: loss %.3f ppl %.2f BLEU %.2f chrF %.2f%s (%.1fs)", progress.step,
-                 result["valid_loss"], result["valid_ppl"], result["bleu"], result["chrf"],
-                 " *best*" if improved else f" (best {progress.best_bleu:.2f})", result["seconds"])
+        progress.best_bleu = max(progress.best_bleu, result["bleu"])
+        best = "" if self.best_metric == "bleu" else f" {self.best_metric}"
+        log.info("valid step %d: loss %.3f ppl %.2f BLEU %.2f %s %.2f%s (%.1fs)", progress.step, result["valid_loss"],
+                 result["valid_ppl"], result["bleu"], result["chrf_label"], result["chrf"],
+                 f" *best{best}*" if improved else f" (best{best} {progress.best:.2f})", result["seconds"])
         metrics.write("valid", step=progress.step, valid_loss=result["valid_loss"], valid_nll=result["valid_nll"],
                       valid_ppl=result["valid_ppl"], bleu=result["bleu"], chrf=result["chrf"],
-                      best_bleu=progress.best_bleu, seconds=result["seconds"], signature=result["signature"])
+                      best_bleu=progress.best_bleu, best_metric=self.best_metric, best=progress.best,
+                      seconds=result["seconds"], signature=result["signature"], chrf_signature=result["chrf_signature"])
         return improved
