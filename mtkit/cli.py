@@ -2,9 +2,10 @@
 
 Each command parses its options, calls one function of the package and prints the result. An
 MtkitError becomes one `error: ...` line on stderr and its exit code, no traceback (`--debug` or
-MTKIT_DEBUG=1 shows it).
+MTKIT_DEBUG=1 shows it): cli_base.py, with the options several commands share. `mtkit data ...`
+is in cli_data.py.
 
-This is the one module of the package that imports inside functions, on purpose: each command
+These are the modules of the package that import inside functions, on purpose: each command
 imports the stage it runs when it runs, so `mtkit --help`, `--version` and a config error answer
 at once instead of after loading torch, datasets and sacrebleu (seconds), and a command never
 loads the stages it does not use.
@@ -12,7 +13,6 @@ loads the stages it does not use.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -23,7 +23,9 @@ from typing import List, Optional
 import typer
 
 from mtkit import __version__
-from mtkit.errors import ConfigError, MtkitError
+from mtkit.cli_base import STATE, EngineOpt, SetOpt, debug_on, handles_errors
+from mtkit.cli_data import data_app
+from mtkit.errors import ConfigError
 
 log = logging.getLogger("mtkit")
 
@@ -34,45 +36,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-data_app = typer.Typer(help="Get and inspect corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 inspect_app = typer.Typer(help="Look inside a model: attention heat maps, the position table.", no_args_is_help=True)
 app.add_typer(inspect_app, name="inspect")
-
-STATE = {"debug": False}
-
-SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help="Override a config key (repeatable).")
-EngineOpt = typer.Option("torch", "--engine", help="torch (mtkit's search) or ctranslate2 (an `mtkit export`"
-                         " directory, or a checkpoint exported on the fly).")
-
-
-def debug_on() -> bool:
-    return STATE["debug"] or os.environ.get("MTKIT_DEBUG", "") not in ("", "0")
-
-
-def handles_errors(fn):
-    """Turn MtkitError into `error: ...` on stderr and a non-zero exit code, without traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mtkit.training.runlog import setup_logging
-
-        setup_logging(STATE.get("verbosity", 0))
-        try:
-            return fn(*args, **kwargs)
-        except MtkitError as e:
-            if debug_on():
-                raise
-            rank = os.environ.get("RANK", "0")  # under torchrun every process may report the same problem
-            typer.echo(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            if debug_on():
-                raise
-            typer.echo("error: interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def version_callback(value: bool):
@@ -92,56 +58,6 @@ def main_options(
     """mtkit: train Transformer translation models, translate files, score them with sacreBLEU."""
     STATE["debug"] = debug
     STATE["verbosity"] = -1 if quiet else min(verbose, 1)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@data_app.command("ding")
-@handles_errors
-def data_ding(
-    out: Path = typer.Option(Path("data/ding-de-en"), "--out", help="Folder for train/dev/test .de/.en."),
-    source: Optional[Path] = typer.Option(None, "--source", help="The Ding dictionary file or trans-de-en .deb."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different corpus already in --out."),
-):
-    """Build the Ding German-English corpus from Debian's trans-de-en package."""
-    from mtkit.data.ding import build_ding
-
-    counts = build_ding(out, source=source, overwrite=overwrite)
-    typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
-
-
-@data_app.command("synthetic")
-@handles_errors
-def data_synthetic(
-    out: Path = typer.Option(Path("data/tiny-reverse"), "--out", help="Folder for train/dev/test .src/.tgt."),
-    task: str = typer.Option("reverse", "--task", help="copy or reverse."),
-    train: int = typer.Option(20_000, "--train", help="Training pairs."),
-    seed: int = typer.Option(1, "--seed", help="Random seed."),
-):
-    """Write a synthetic copy/reverse corpus (for configs/tiny-reverse.yaml and smoke tests)."""
-    from mtkit.data.synthetic import write_task
-
-    if task not in ("copy", "reverse"):
-        raise ConfigError(f"--task: expected copy or reverse (got {task!r})")
-    counts = write_task(out, task=task, train=train, seed=seed)
-    typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
-
-
-@data_app.command("check")
-@handles_errors
-def data_check(config: Path = typer.Argument(..., help="YAML config."), set_: Optional[List[str]] = SetOpt):
-    """Report on a config's data: pairs, drops by reason, lengths, tokenizer coverage."""
-    from mtkit.config import load_config
-    from mtkit.data.check import check_report
-    from mtkit.data.tokenizer import Tokenizer
-
-    cfg = load_config(config, set_ or [])
-    tok_dir = Path(cfg.run_dir) / "tokenizer"
-    tok = Tokenizer.load(tok_dir) if tok_dir.exists() else None
-    if tok is None:
-        log.info("no tokenizer in %s yet: lengths in words (run `mtkit tokenizer %s` for pieces)", tok_dir, config)
-    typer.echo(check_report(cfg, tok))
 
 
 # ----------------------------------------------------------------------------- tokenizer, train
@@ -244,8 +160,7 @@ def evaluate_cmd(
     engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
-    """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures), BLEU tokenized for
-    the target language."""
+    """Score translations with sacreBLEU: BLEU (tokenized for the target language), chrF, TER."""
     from mtkit.decoding.evaluate import evaluate
     from mtkit.decoding.scoring import format_scores
 

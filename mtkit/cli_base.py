@@ -1,0 +1,53 @@
+"""What every `mtkit` command shares: one `error: ...` line instead of a traceback (`handles_errors`),
+the --debug switch, and the options several commands take (--set, --engine).
+
+Like cli.py, it imports the package's stages inside functions, on purpose: `mtkit --help` must
+answer without loading torch (cli.py's docstring says why).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import typer
+
+from mtkit.errors import MtkitError
+
+log = logging.getLogger("mtkit")
+
+STATE = {"debug": False}
+
+SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help="Override a config key (repeatable).")
+EngineOpt = typer.Option("torch", "--engine", help="torch (mtkit's search) or ctranslate2 (an `mtkit export`"
+                         " directory, or a checkpoint exported on the fly).")
+
+
+def debug_on() -> bool:
+    return STATE["debug"] or os.environ.get("MTKIT_DEBUG", "") not in ("", "0")
+
+
+def handles_errors(fn):
+    """Turn MtkitError into `error: ...` on stderr and a non-zero exit code, without traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mtkit.training.runlog import setup_logging
+
+        setup_logging(STATE.get("verbosity", 0))
+        try:
+            return fn(*args, **kwargs)
+        except MtkitError as e:
+            if debug_on():
+                raise
+            rank = os.environ.get("RANK", "0")  # under torchrun every process may report the same problem
+            typer.echo(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if debug_on():
+                raise
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
