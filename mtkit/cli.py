@@ -140,6 +140,31 @@ def translate_cmd(
     translate_file(net, tok, decode, input, output, device=dev)
 
 
+@app.command("score")
+@handles_errors
+def score_cmd(
+    model: str = typer.Argument(..., help="Checkpoint or run dir (or an export, with --engine ctranslate2)."),
+    src: Path = typer.Option(..., "--src", help="Source sentences, one per line."),
+    tgt: Path = typer.Option(..., "--tgt", help="Their translations, line-aligned with --src."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default stdout)."),
+    normalize: bool = typer.Option(False, "--normalize", help="Log-probability per target piece, not summed."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: score, pieces, log_probs."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded tokens per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = EngineOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Score given translations: each pair's log-probability under MODEL (forced decoding), for
+    filtering corpora and reranking. One line per pair, in order; EOS counts as a piece."""
+    from mtkit.decoding.forced import score_file
+    from mtkit.decoding.loading import load_for_decoding
+
+    net, tok, decode, dev = load_for_decoding(model, device, set_ or [], batch_tokens=batch_tokens, engine=engine)
+    pairs = score_file(net, tok, decode, src, tgt, output, normalize=normalize, as_json=as_json, device=dev)
+    if output is not None:
+        typer.echo(f"scored {pairs} pairs -> {output}", err=True)
+
+
 @app.command("evaluate")
 @handles_errors
 def evaluate_cmd(

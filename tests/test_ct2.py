@@ -145,3 +145,47 @@ def test_missing_ctranslate2_is_one_error_line(tmp_path, monkeypatch):
     assert r.output.strip().splitlines() == ["error: CTranslate2 is not installed; install it with `pip install"
                                              " ctranslate2` (or `pip install -e .[ct2]`, which `make install` does)"]
     assert "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_mtkit_score_keeps_the_line_contract_and_ctranslate2_scores_alike(tmp_path, trained):
+    """`mtkit score`: one line per pair, in order, the search's own log-probabilities (a model's
+    greedy output scores its greedy log_prob); CTranslate2's score_batch within 1e-3 in fp32;
+    files of different lengths are one error line and leave no output."""
+    import json
+
+    from mtkit.decoding.forced import score_pairs
+
+    root = trained
+    model_path = root / "run" / "last.pt"
+    srcs = sources(root, 40)
+    model, tok, cfg = load_model(model_path)
+    greedy = decode_settings(cfg.decode, greedy=True)
+    hyps = translate_lines(model, tok, srcs, greedy)
+    tgts = [h[0].text for h in hyps]
+    srcs[3], tgts[5] = "", ""  # a blank source: no score; an empty target: P(EOS | source)
+    (tmp_path / "s.txt").write_text("".join(s + "\n" for s in srcs))
+    (tmp_path / "t.txt").write_text("".join(t + "\n" for t in tgts))
+    args = ["score", str(model_path), "--src", str(tmp_path / "s.txt"), "--tgt", str(tmp_path / "t.txt"),
+            "--set", "decode.precision=fp32"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "scores.txt")])
+    assert r.exit_code == 0, r.output
+    lines = (tmp_path / "scores.txt").read_text().splitlines()
+    assert len(lines) == 40 and lines[3] == "" and float(lines[5]) < 0
+    for i in (0, 1, 2, 10, 39):  # the greedy outputs score what greedy search said they scored
+        assert float(lines[i]) == pytest.approx(hyps[i][0].score, abs=1e-4)
+    r = runner.invoke(app, [*args, "--json", "--normalize"])
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert rows[3] == {"score": None} and rows[0]["pieces"][-1] == "</s>"
+    assert rows[0]["score"] == pytest.approx(sum(rows[0]["log_probs"]) / len(rows[0]["pieces"]), abs=1e-5)
+    # CTranslate2 float32 gives the same scores
+    engine, tok2, decode, _ = load_engine(export(model_path, tmp_path / "ct2"), "cpu")
+    ours = score_pairs(model, tok, srcs, tgts, greedy)
+    theirs = score_pairs(engine, tok2, srcs, tgts, decode)
+    for a, b in zip(ours, theirs):
+        assert (a is None and b is None) or a.log_probs == pytest.approx(b.log_probs, abs=1e-3)
+    # unequal lengths: one error line naming the first line without a partner, and no output
+    (tmp_path / "t.txt").write_text("".join(t + "\n" for t in tgts[:-2]))
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "bad.txt")])
+    assert r.exit_code != 0 and not (tmp_path / "bad.txt").exists()
+    assert r.output.strip().splitlines()[-1].startswith("error: source ") and "line 39 is only in" in r.output

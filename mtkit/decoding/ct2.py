@@ -172,7 +172,8 @@ class CT2Engine:
         torch.set_num_threads(torch_threads)  # CTranslate2 sets the process's OpenMP threads to its own
         self.workers = workers  # translate.py hands it this many batches at once
         self.src_pieces = tokenizer.pieces("src")
-        self.tgt_ids = {p: i for i, p in enumerate(tokenizer.pieces("tgt"))}
+        self.tgt_pieces = tokenizer.pieces("tgt")
+        self.tgt_ids = {p: i for i, p in enumerate(self.tgt_pieces)}
 
     def search_ids(self, sources: list[list[int]], decode: DecodeConfig) -> list[list[_Hyp]]:
         """Best `decode.nbest` hypotheses (ids without BOS/EOS, score) per source id list (no EOS)."""
@@ -203,6 +204,13 @@ class CT2Engine:
                 out[k] = [_Hyp([self.tgt_ids[p] for p in h if self.tgt_ids[p] not in (BOS_ID, EOS_ID, PAD_ID)],
                                float(sc)) for h, sc in zip(r.hypotheses[: decode.nbest], r.scores)]
         return out
+
+    def score_ids(self, sources: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+        """Per-piece log-probabilities of each target (pieces + EOS) given its source (ids without
+        EOS), by CTranslate2's score_batch, as forced.force gives them."""
+        results = self.translator.score_batch([[self.src_pieces[i] for i in s] for s in sources],
+                                              [[self.tgt_pieces[i] for i in t] for t in targets], max_input_length=0)
+        return [list(r.log_probs) for r in results]
 
 
 def export_config(path: str | Path) -> Config:

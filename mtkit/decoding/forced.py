@@ -12,20 +12,28 @@ decode.workers batches at a time.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import logging
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtkit import files
 from mtkit.config import DecodeConfig
 from mtkit.data.padding import make_batch
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mtkit.decoding.search_state import eval_mode
+from mtkit.decoding.textio import CHUNK_LINES, read_chunks
 from mtkit.decoding.translate import token_batches
 from mtkit.decoding.workers import map_batches, resolve_workers
+from mtkit.errors import DataError
 
 log = logging.getLogger("mtkit")
 
@@ -77,13 +85,18 @@ def score_pairs(model: Any, tokenizer: Any, srcs: list[str], tgts: list[str], de
     # Longest side first: similar lengths share a batch (token_batches counts the longer side).
     longest = sorted(((i, max(s, t, key=len)) for i, (s, t) in pairs.items()), key=lambda item: -len(item[1]))
 
+    score_ids = getattr(model, "score_ids", None)  # an exported model's engine (ct2.py) scores the ids itself
+
     def score_batch(batch: list[tuple[int, list[int]]]) -> list[list[float]]:
+        if score_ids is not None:
+            return score_ids([pairs[i][0] for i, _ in batch], [pairs[i][1] for i, _ in batch])
         src = make_batch([pairs[i][0] for i, _ in batch])["src"].to(device)
         return force(model, src, [pairs[i][1] for i, _ in batch])
 
     batches = list(token_batches(longest, decode.batch_tokens))
     with torch.inference_mode(), eval_mode(model):
-        for batch, found in zip(batches, map_batches(score_batch, batches, resolve_workers(decode.workers, device))):
+        workers = getattr(model, "workers", 1) if score_ids is not None else resolve_workers(decode.workers, device)
+        for batch, found in zip(batches, map_batches(score_batch, batches, workers)):
             for (i, _), log_probs in zip(batch, found):
                 out[i] = PairScore(pairs[i][1] + [EOS_ID], log_probs)
     return out
@@ -113,3 +126,45 @@ def force(model: Any, src: Tensor, targets: list[list[int]]) -> list[list[float]
         log_probs[:, step] = lprobs.gather(1, tgt[:, step: step + 1]).squeeze(1)
         tok = tgt[:, step]  # past a row's EOS it feeds PAD, whose outputs are never read
     return [row[: len(t) + 1] for row, t in zip(log_probs.tolist(), targets)]
+
+
+def score_file(model: Any, tokenizer: Any, decode: DecodeConfig, src_path: Path, tgt_path: Path,
+               output: Path | None, *, normalize: bool = False, as_json: bool = False, device: str = "cpu",
+               chunk_lines: int = CHUNK_LINES) -> int:
+    """Score line-aligned files chunk by chunk into `output` (or stdout); returns the pairs read.
+
+    One line per pair, in order: the sum of the target pieces' log-probabilities, EOS included
+    (`normalize`: per piece), or an empty line where score_pairs gives none; `as_json`: one object
+    per line with the pieces and their log-probabilities. The output takes its name only when
+    complete (files.replacing), so files of different lengths leave nothing behind.
+    """
+    for path, what in ((src_path, "source"), (tgt_path, "target")):
+        if not path.is_file():
+            raise DataError(f"{what} {path}: not a file (absolute path {path.resolve()})")
+    pieces = tokenizer.pieces("tgt")
+    with contextlib.ExitStack() as stack:
+        src_chunks = read_chunks(stack.enter_context(open(src_path, "rb")), f"source {src_path}", chunk_lines)
+        tgt_chunks = read_chunks(stack.enter_context(open(tgt_path, "rb")), f"target {tgt_path}", chunk_lines)
+        out = stack.enter_context(files.replacing(output, text=True)) if output else sys.stdout
+        pairs = 0
+        for src_chunk, tgt_chunk in itertools.zip_longest(src_chunks, tgt_chunks, fillvalue=(0, [])):
+            (first, srcs), (_, tgts) = src_chunk if src_chunk[1] else (tgt_chunk[0], []), tgt_chunk
+            if len(srcs) != len(tgts):
+                line, longer = first + min(len(srcs), len(tgts)), (src_path if len(srcs) > len(tgts) else tgt_path)
+                raise DataError(f"source {src_path} and target {tgt_path} have different numbers of lines: line"
+                                f" {line} is only in {longer}; give line-aligned files")
+            scores = score_pairs(model, tokenizer, srcs, tgts, decode, device, first_line_no=first)
+            out.write("".join(_format(s, pieces, normalize, as_json) + "\n" for s in scores))
+            out.flush()
+            pairs += len(srcs)
+    return pairs
+
+
+def _format(s: PairScore | None, pieces: list[str], normalize: bool, as_json: bool) -> str:
+    value = None if s is None else (s.per_piece if normalize else s.log_prob)
+    if not as_json:
+        return "" if value is None else f"{value:.6f}"
+    if s is None:
+        return json.dumps({"score": None})
+    return json.dumps({"score": round(value, 6), "pieces": [pieces[i] for i in s.pieces],
+                       "log_probs": [round(x, 6) for x in s.log_probs]}, ensure_ascii=False)
