@@ -126,6 +126,11 @@ def translate_cmd(
     greedy: bool = typer.Option(False, "--greedy", help="Greedy search (beam 1)."),
     nbest: Optional[int] = typer.Option(None, "--nbest", help="Output N hypotheses per line as `index ||| hyp ||| score`."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens x beam size per batch."),
+    sample: bool = typer.Option(False, "--sample", help="Draw translations instead of searching (--nbest N: N samples)."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="With --sample: among the K most probable pieces (0: all)."),
+    topp: Optional[float] = typer.Option(None, "--topp", help="With --sample: within the nucleus of probability P."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="With --sample: soften (>1) or sharpen."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="With --sample: a line's samples follow from it and its text."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -134,7 +139,10 @@ def translate_cmd(
     from mtkit.decoding.loading import load_for_decoding
     from mtkit.decoding.translate import translate_file
 
-    net, tok, decode, dev = load_for_decoding(model, device, set_ or [], beam, greedy, nbest, batch_tokens, engine)
+    sampling = {"sample": sample or None, "topk": topk, "topp": topp, "temperature": temperature, "seed": seed}
+    sets = [*(set_ or []), *(f"decode.{k}={str(v).lower() if k == 'sample' else v}" for k, v in sampling.items()
+                             if v is not None)]
+    net, tok, decode, dev = load_for_decoding(model, device, sets, beam, greedy, nbest, batch_tokens, engine)
     if output is not None and output.exists():
         log.warning("overwriting %s when the translation is complete", output)
     translate_file(net, tok, decode, input, output, device=dev)

@@ -125,6 +125,11 @@ class DecodeConfig:
     batch_tokens: int = 4096  # padded source tokens x beam_size per decoding batch (memory grows with both)
     max_input_tokens: int = 1024  # longer input lines are not translated (empty line + warning)
     workers: Optional[int] = None  # batches decoded at once on a CPU, sharing its threads; null = auto (decoding/workers.py)
+    sample: bool = False  # draw each next piece instead of searching (back-translation; decoding/sampling.py)
+    topk: int = 0  # with sample: draw among the k most probable pieces; 0 = all
+    topp: float = 1.0  # with sample: draw within the smallest set of pieces holding this much probability
+    temperature: float = 1.0  # with sample: divide the log-probabilities by this first
+    seed: int = 1  # with sample: each line's samples are seeded from this, its text and the sample number
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +173,11 @@ RESUMABLE_KEYS = frozenset(
         "decode.batch_tokens",
         "decode.max_input_tokens",
         "decode.workers",
+        "decode.sample",
+        "decode.topk",
+        "decode.topp",
+        "decode.temperature",
+        "decode.seed",
         "data.num_proc",
     }
 )

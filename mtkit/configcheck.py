@@ -194,7 +194,11 @@ def _decode_problems(p: _Problems, dec: Any) -> None:
     p.positive("decode.nbest", dec.nbest)
     p.positive("decode.max_input_tokens", dec.max_input_tokens)
     p.positive("decode.workers", dec.workers)
-    if dec.nbest > dec.beam_size > 0:
+    p.positive("decode.topk", dec.topk, allow_zero=True)
+    p.positive("decode.temperature", dec.temperature)
+    if not 0.0 < dec.topp <= 1.0:
+        p.append(f"decode.topp: must be in (0, 1] (got {dec.topp})")
+    if dec.nbest > dec.beam_size > 0 and not dec.sample:  # with sample, nbest counts independent samples
         p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
     if dec.max_len_a == 0 and dec.max_len_b == 0:
         p.append("decode.max_len_b: max_len_a and max_len_b are both 0, so no output could be produced")

@@ -8,6 +8,7 @@ move models between devices or detokenize: that is translate.py's job.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,8 @@ def search(model: Any, src: Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]
 
 @torch.inference_mode()
 def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
-                  bos: int = BOS_ID, eos: int = EOS_ID, pad: int = PAD_ID) -> list[Hypothesis]:
+                  bos: int = BOS_ID, eos: int = EOS_ID, pad: int = PAD_ID,
+                  choose: Callable[[Tensor, list[int]], Tensor] | None = None) -> list[Hypothesis]:
     """Pick the most probable next token at every step, for all sentences of `src` at once.
 
     Args:
@@ -82,6 +84,8 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
         src: (B, S) source ids, each sentence ending in EOS, right-padded with `pad`.
         max_len_a, max_len_b: at most int(max_len_a * src_len + max_len_b) output tokens (EOS not
             counted); at the limit EOS is forced.
+        choose: picks the next tokens instead of the most probable ones: (n, V) log-probs and the
+            batch index of each row's sentence -> (n,) tokens (sampling.Sampler draws them).
 
     Returns:
         B hypotheses in the order of `src`; their score is their log_prob.
@@ -102,7 +106,11 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
         masks = TokenMasks(pad, bos, eos, device)
         for t in range(width):
             lprobs = masks.apply(model.decode_step(tok, cache), alive.at_limit(t))  # (n, V)
-            best, tok = lprobs.max(dim=-1)  # (n,), (n,)
+            if choose is None:
+                best, tok = lprobs.max(dim=-1)  # (n,), (n,)
+            else:
+                tok = choose(lprobs, alive.index)  # (n,)
+                best = lprobs.gather(1, tok[:, None]).squeeze(1)  # (n,) its log-prob
             log_prob += best
             out[:, t] = tok
             fin = alive.newly_done(tok == eos)  # at the limit EOS was forced, so those rows end too

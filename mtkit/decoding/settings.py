@@ -36,8 +36,9 @@ def decode_settings(base: DecodeConfig, beam: int | None = None, greedy: bool = 
     d = replace(base, **changes)
     if d.beam_size < 1:
         raise ConfigError(f"--beam: must be >= 1 (got {d.beam_size})")
-    if d.nbest < 1 or d.nbest > d.beam_size:
-        raise ConfigError(f"--nbest: must be between 1 and the beam size {d.beam_size} (got {d.nbest})")
+    if d.nbest < 1 or (d.nbest > d.beam_size and not d.sample):
+        raise ConfigError(f"--nbest: must be between 1 and the beam size {d.beam_size} (got {d.nbest});"
+                          " with --sample it is the number of samples")
     if d.batch_tokens < 1:
         raise ConfigError(f"--batch-tokens: must be >= 1 (got {d.batch_tokens})")
     return d

@@ -23,11 +23,12 @@ from tqdm import tqdm
 from mtkit import files
 from mtkit.config import DecodeConfig
 from mtkit.data.padding import make_batch
+from mtkit.decoding.sampling import line_seed, sample_search
 from mtkit.decoding.search import search
 from mtkit.decoding.search_state import eval_mode
 from mtkit.decoding.textio import CHUNK_LINES, arrives_over_time, count_lines, read_as_available, read_chunks
 from mtkit.decoding.workers import map_batches, resolve_workers
-from mtkit.errors import DataError
+from mtkit.errors import ConfigError, DataError
 
 log = logging.getLogger("mtkit")
 
@@ -40,7 +41,8 @@ class Translation:
 
 def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, device: str = "cpu",
                     first_line_no: int = 1) -> list[list[Translation]]:
-    """Translate a list of sentences; returns exactly `decode.nbest` translations per line, best first.
+    """Translate a list of sentences; returns exactly `decode.nbest` translations per line, best first
+    (with decode.sample: nbest independent samples, in sample order; sampling.py).
 
     Empty or whitespace-only lines give empty translations (score 0) without touching the model. Lines whose
     source is longer than `decode.max_input_tokens` give an empty translation and a warning naming
@@ -48,38 +50,54 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     this same function, so dev BLEU during training equals `mtkit evaluate`'s.
     """
     out: list[list[Translation]] = [[Translation("", 0.0)] * decode.nbest for _ in lines]
-    todo = [i for i, line in enumerate(lines) if line.strip()]
-    ids = tokenizer.encode_src([lines[i].strip() for i in todo]) if todo else []
-    keep = []
-    for i, src in zip(todo, ids):
-        if len(src) > decode.max_input_tokens:
-            log.warning("line %d: %d source tokens exceed decode.max_input_tokens=%d; output left empty",
-                        first_line_no + i, len(src), decode.max_input_tokens)
-        else:
-            keep.append((i, src))
+    search_ids = getattr(model, "search_ids", None)  # an exported model's engine (ct2.py) takes the ids itself
+    if decode.sample and search_ids is not None:
+        raise ConfigError("decode.sample: sampling runs on mtkit's own engine; drop --engine ctranslate2")
+    # Rows to decode, keyed (line, sample): with decode.sample each of a line's nbest samples is a row.
     # Longest first: similar lengths share a batch (little padding), and a batch that does not fit
     # in memory shows up at once rather than at the end of a long job.
-    keep.sort(key=lambda item: -len(item[1]))
-    search_ids = getattr(model, "search_ids", None)  # an exported model's engine (ct2.py) takes the ids itself
+    rows = [((i, j), src) for i, src in _within_limit(tokenizer, lines, decode.max_input_tokens, first_line_no)
+            for j in range(decode.nbest if decode.sample else 1)]
+    rows.sort(key=lambda item: -len(item[1]))
 
-    def find(batch: list[tuple[int, list[int]]]) -> list:
+    def find(batch: list[tuple[tuple[int, int], list[int]]]) -> list:
         if search_ids is not None:
             return search_ids([s for _, s in batch], decode)
-        return search(model, make_batch([s for _, s in batch])["src"].to(device), decode)
+        src = make_batch([s for _, s in batch])["src"].to(device)
+        if decode.sample:
+            seeds = [line_seed(decode.seed, lines[i].strip(), j) for (i, j), _ in batch]
+            return [[h] for h in sample_search(model, src, seeds, decode)]
+        return search(model, src, decode)
 
-    # decode.batch_tokens counts the rows beam search decodes: beam_size per sentence.
-    batches = list(token_batches(keep, max(1, decode.batch_tokens // decode.beam_size)))
+    # decode.batch_tokens counts the rows decoded: beam_size per sentence for beam search.
+    batches = list(token_batches(rows, max(1, decode.batch_tokens // (1 if decode.sample else decode.beam_size))))
     # Eval mode once for all workers (search's own switch would race between threads).
     with torch.inference_mode(), eval_mode(model):
         workers = getattr(model, "workers", 1) if search_ids is not None else resolve_workers(decode.workers, device)
         for batch, found in zip(batches, map_batches(find, batches, workers)):
-            for (i, _), hyps in zip(batch, found):
+            for ((i, j), _), hyps in zip(batch, found):
                 texts = tokenizer.decode_tgt([h.tokens for h in hyps])
-                out[i] = [Translation(t, h.score) for t, h in zip(texts, hyps)]
-                # Exactly nbest per line: a search that found fewer distinct outputs with a non-zero
-                # probability (e.g. an output limit of 0) pads with empty ones scored -inf.
-                out[i] += [Translation("", float("-inf"))] * (decode.nbest - len(out[i]))
+                got = [Translation(t, h.score) for t, h in zip(texts, hyps)]
+                if decode.sample:
+                    out[i][j] = got[0]
+                else:  # exactly nbest per line: a search that found fewer distinct outputs with a
+                    # non-zero probability (e.g. an output limit of 0) pads with empty ones scored -inf
+                    out[i] = got + [Translation("", float("-inf"))] * (decode.nbest - len(got))
     return out
+
+
+def _within_limit(tokenizer, lines: list[str], max_tokens: int, first_line_no: int) -> list[tuple[int, list[int]]]:
+    """(index, source ids) of the non-blank lines of at most `max_tokens` pieces; a warning names
+    each longer one (its output stays empty)."""
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    keep = []
+    for i, src in zip(todo, tokenizer.encode_src([lines[i].strip() for i in todo]) if todo else []):
+        if len(src) > max_tokens:
+            log.warning("line %d: %d source tokens exceed decode.max_input_tokens=%d; output left empty",
+                        first_line_no + i, len(src), max_tokens)
+        else:
+            keep.append((i, src))
+    return keep
 
 
 def token_batches(items: list[tuple[int, list[int]]], batch_tokens: int) -> Iterator[list[tuple[int, list[int]]]]:
