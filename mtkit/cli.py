@@ -23,7 +23,7 @@ from typing import List, Optional
 import typer
 
 from mtkit import __version__
-from mtkit.cli_base import STATE, EngineOpt, SetOpt, debug_on, handles_errors
+from mtkit.cli_base import STATE, EngineOpt, SetOpt, WeightsOpt, debug_on, handles_errors
 from mtkit.cli_data import data_app
 from mtkit.errors import ConfigError
 
@@ -119,7 +119,7 @@ def train_cmd(
 @app.command("translate")
 @handles_errors
 def translate_cmd(
-    model: str = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt)."),
+    model: List[str] = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt); several: an ensemble."),
     input: Optional[Path] = typer.Option(None, "-i", "--input", help="Input file (default stdin)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default stdout)."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (default: the checkpoint's decode.beam_size)."),
@@ -131,18 +131,21 @@ def translate_cmd(
     topp: Optional[float] = typer.Option(None, "--topp", help="With --sample: within the nucleus of probability P."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="With --sample: soften (>1) or sharpen."),
     seed: Optional[int] = typer.Option(None, "--seed", help="With --sample: a line's samples follow from it and its text."),
+    weights: Optional[str] = WeightsOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
     """Translate a file or stdin: exactly one output line per input line, in order."""
+    from mtkit.decoding.ensemble import parse_weights
     from mtkit.decoding.loading import load_for_decoding
     from mtkit.decoding.translate import translate_file
 
     sampling = {"sample": sample or None, "topk": topk, "topp": topp, "temperature": temperature, "seed": seed}
     sets = [*(set_ or []), *(f"decode.{k}={str(v).lower() if k == 'sample' else v}" for k, v in sampling.items()
                              if v is not None)]
-    net, tok, decode, dev = load_for_decoding(model, device, sets, beam, greedy, nbest, batch_tokens, engine)
+    net, tok, decode, dev = load_for_decoding(model, device, sets, beam, greedy, nbest, batch_tokens, engine,
+                                              parse_weights(weights))
     if output is not None and output.exists():
         log.warning("overwriting %s when the translation is complete", output)
     translate_file(net, tok, decode, input, output, device=dev)
@@ -176,7 +179,7 @@ def score_cmd(
 @app.command("evaluate")
 @handles_errors
 def evaluate_cmd(
-    model: Optional[str] = typer.Argument(None, help="Checkpoint or run dir; omit with --hyp to score only."),
+    model: Optional[List[str]] = typer.Argument(None, help="Checkpoint or run dir (several: an ensemble); omit with --hyp."),
     src: Optional[Path] = typer.Option(None, "--src", help="Source file to translate."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference file, one line per source line."),
     hyp: Optional[Path] = typer.Option(None, "--hyp", help="Score this hypothesis file instead of translating."),
@@ -189,17 +192,19 @@ def evaluate_cmd(
     tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language (BLEU's tokenizer); default: MODEL's."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help="sacreBLEU tokenizer for BLEU (13a, zh, char, ...)."),
     chrf_word_order: Optional[int] = typer.Option(None, "--chrf-word-order", help="chrF word n-grams; 2 = chrF++."),
+    weights: Optional[str] = WeightsOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
     """Score translations with sacreBLEU: BLEU (tokenized for the target language), chrF, TER."""
+    from mtkit.decoding.ensemble import parse_weights
     from mtkit.decoding.evaluate import evaluate
     from mtkit.decoding.scoring import format_scores
 
-    result = evaluate(model, src, ref, hyp, valid, device=device, overrides=set_ or [], beam=beam, greedy=greedy,
-                      batch_tokens=batch_tokens, engine=engine, output=output, tgt_lang=tgt_lang, tokenize=tokenize,
-                      chrf_word_order=chrf_word_order)
+    result = evaluate(model or None, src, ref, hyp, valid, device=device, overrides=set_ or [], beam=beam,
+                      greedy=greedy, batch_tokens=batch_tokens, engine=engine, output=output, tgt_lang=tgt_lang,
+                      tokenize=tokenize, chrf_word_order=chrf_word_order, weights=parse_weights(weights))
     if as_json:
         typer.echo(json.dumps({"bleu": result["bleu"], "chrf": result["chrf"], "ter": result["ter"],
                                "signature": result["signature"], "label": result["label"], "n": result["n"],

@@ -20,6 +20,7 @@ log = logging.getLogger("mtkit")
 STATE = {"debug": False}
 
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help="Override a config key (repeatable).")
+WeightsOpt = typer.Option(None, "--weights", help="With several models: their weights, e.g. 0.6,0.4 (default: equal).")
 EngineOpt = typer.Option("torch", "--engine", help="torch (mtkit's search) or ctranslate2 (an `mtkit export`"
                          " directory, or a checkpoint exported on the fly).")
 

@@ -343,3 +343,29 @@ def test_translate_suggests_ctranslate2_only_where_it_is_clearly_faster(trained,
         hints = [r.message for r in caplog.records if "CTranslate2 int8 decodes" in r.message]
         assert bool(hints) == said, (speedup, hints)
     assert "about 2.0x as fast" in engine_speed.hint(root / "run", 2.0)
+
+
+@pytest.mark.slow
+def test_cli_ensembles_translate_and_evaluate(trained, tmp_path):
+    """`mtkit translate A B` with A == B gives A's translations; `mtkit evaluate A B` scores an ensemble;
+    a --weights count that does not fit is one error line."""
+    from typer.testing import CliRunner
+
+    from mtkit.cli import app
+
+    root, *_ = trained
+    run = root / "run"
+    src = root / "data/test.src"
+    alone, pair = tmp_path / "alone.txt", tmp_path / "pair.txt"
+    for models, out in (([run / "last.pt"], alone), ([run / "last.pt", run / "last.pt"], pair)):
+        r = CliRunner().invoke(app, ["translate", *map(str, models), "-i", str(src), "-o", str(out), "--device", "cpu",
+                                     "--set", "decode.precision=fp32"])
+        assert r.exit_code == 0, r.output
+    assert pair.read_text() == alone.read_text()
+    r = CliRunner().invoke(app, ["evaluate", str(run / "last.pt"), str(run / "best.pt"), "--weights", "0.5,0.5",
+                                 "--src", str(src), "--ref", str(root / "data/test.tgt"), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["n"] == len(src.read_text().splitlines())
+    r = CliRunner().invoke(app, ["translate", str(run / "last.pt"), "--weights", "1,2", "-i", str(src)])
+    assert r.exit_code != 0 and r.output.strip().splitlines()[-1] == \
+        "error: --weights: give one weight per model (1 models, 2 weights)"

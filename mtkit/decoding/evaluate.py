@@ -77,14 +77,15 @@ def _translate_and_score_lines(model, tokenizer, decode, srcs: list[str], refs: 
     return result
 
 
-def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | None, valid: bool, *,
+def evaluate(model: str | list[str] | None, src: Path | None, ref: Path | None, hyp: Path | None, valid: bool, *,
              device: str = "auto", overrides: list[str] | tuple[str, ...] = (), beam: int | None = None,
              greedy: bool = False, batch_tokens: int | None = None, engine: str = "torch",
              output: Path | None = None, tgt_lang: str | None = None, tokenize: str | None = None,
-             chrf_word_order: int | None = None) -> dict[str, Any]:
+             chrf_word_order: int | None = None, weights: list[float] | None = None) -> dict[str, Any]:
     """What `mtkit evaluate` scores: a hypothesis file (`hyp`), MODEL's translations of `src`, or with
     `valid` MODEL's greedy translations of its run's dev set, decoded and scored as training's
-    validation did. `tgt_lang`, `tokenize`, `chrf_word_order`: see the module docstring."""
+    validation did. `tgt_lang`, `tokenize`, `chrf_word_order`: see the module docstring. Several
+    models (a list) decode as an ensemble (`weights`), with the first one's config."""
     if chrf_word_order is not None and chrf_word_order < 0:
         raise ConfigError(f"--chrf-word-order: must be >= 0 (got {chrf_word_order}); 2 is chrF++")
     if hyp is not None:
@@ -103,15 +104,17 @@ def evaluate(model: str | None, src: Path | None, ref: Path | None, hyp: Path | 
             raise ConfigError("--valid decodes as training's validation did: greedy, with mtkit's engine;"
                               " drop --beam / --engine")
         greedy = True
-    cfg = model_config(model)
+    first = model[0] if isinstance(model, list) else model
+    cfg = model_config(first)
     t = cfg.train
     scoring = Scoring(tgt_lang or cfg.data.tgt_lang, tokenize or (t.valid_tokenize if valid else None),
                       chrf_word_order if chrf_word_order is not None else (t.valid_chrf_word_order if valid else 0))
     scoring.check()
-    net, tok, decode, dev = load_for_decoding(model, device, overrides, beam, greedy, None, batch_tokens, engine)
+    net, tok, decode, dev = load_for_decoding(model, device, overrides, beam, greedy, None, batch_tokens, engine,
+                                              weights)
     if not valid:
         return translate_and_score(net, tok, decode, src, ref, dev, output, scoring)
-    return _translate_and_score_lines(net, tok, decode, *validation_pairs(model, cfg), dev, output, scoring)
+    return _translate_and_score_lines(net, tok, decode, *validation_pairs(first, cfg), dev, output, scoring)
 
 
 def model_config(model_path: str | Path) -> Config:
