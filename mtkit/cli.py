@@ -146,6 +146,8 @@ def translate_cmd(
                              if v is not None)]
     net, tok, decode, dev = load_for_decoding(model, device, sets, beam, greedy, nbest, batch_tokens, engine,
                                               parse_weights(weights))
+    if not decode.sample and any(v is not None for v in (topk, topp, temperature, seed)):
+        raise ConfigError("--topk, --topp, --temperature and --seed shape sampling; add --sample")
     if output is not None and output.exists():
         log.warning("overwriting %s when the translation is complete", output)
     translate_file(net, tok, decode, input, output, device=dev)

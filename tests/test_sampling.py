@@ -143,3 +143,4 @@ def test_sampling_settings_are_checked_and_need_mtkits_engine():
     with pytest.raises(ConfigError, match="sampling runs on mtkit's own engine"):
         translate_lines(Engine(), Ids(), ["5 6"], DecodeConfig(sample=True))
     assert (PAD_ID, UNK_ID, BOS_ID) == (0, 1, 2)
+

@@ -369,3 +369,22 @@ def test_cli_ensembles_translate_and_evaluate(trained, tmp_path):
     r = CliRunner().invoke(app, ["translate", str(run / "last.pt"), "--weights", "1,2", "-i", str(src)])
     assert r.exit_code != 0 and r.output.strip().splitlines()[-1] == \
         "error: --weights: give one weight per model (1 models, 2 weights)"
+
+
+@pytest.mark.slow
+def test_cli_sampling_is_reproducible_and_its_flags_need_sample(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from mtkit.cli import app
+
+    root, *_ = trained
+    args = ["translate", str(root / "run/last.pt"), "-i", str(root / "data/test.src"), "--device", "cpu"]
+    outs = []
+    for extra in (["--batch-tokens", "16"], ["--batch-tokens", "4096"]):
+        r = CliRunner().invoke(app, [*args, "--sample", "--nbest", "2", "--topp", "0.9", "--seed", "5", *extra])
+        assert r.exit_code == 0, r.output
+        outs.append(r.stdout)
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 2 * len((root / "data/test.src").read_text().splitlines())
+    r = CliRunner().invoke(app, [*args, "--topk", "5"])
+    assert r.exit_code != 0
+    assert r.output.strip().splitlines()[-1] == "error: --topk, --topp, --temperature and --seed shape sampling; add --sample"

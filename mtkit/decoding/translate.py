@@ -3,8 +3,8 @@
 Lines are sorted by length into token-budget batches for speed (decoded `decode.workers` at a
 time on a CPU, workers.py) and put back in order; files are read in chunks (textio.py) so memory
 stays flat, and written through files.replacing, so a killed job never leaves a partial file that
-looks complete. Search itself is in search.py; what model
-and settings to decode with, loading.py.
+looks complete. Search itself is in search.py (sampling instead: sampling.py); what model and
+settings to decode with, loading.py.
 """
 
 from __future__ import annotations
