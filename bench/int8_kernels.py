@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,14 +23,10 @@ SHAPES = ((160, 256, 768), (160, 256, 1024), (160, 1024, 256), (160, 256, 8000),
 
 
 def best_ms(f, calls: int) -> float:
-    f()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            f()
-        times.append((time.perf_counter() - t0) / calls)
-    return 1000 * min(times)
+    """ms per call: the best of 5 passes of `calls` calls (hardware.best_time)."""
+    from mtkit.hardware import best_time
+
+    return 1000 * best_time([f] * calls, tries=5) / calls
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -136,6 +137,23 @@ def matmul_flops(dtype, seconds: float = 0.1, max_n: int = 2048, device: str = "
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             return 2 * n**3 * calls / elapsed, n
+
+
+def best_time(calls: list[Callable[[], Any]], tries: int = 3, warm_up: bool = True,
+              give_up_after: float = float("inf")) -> float:
+    """Seconds of the fastest of `tries` passes over `calls` (each pass calls each once), after one
+    untimed pass when `warm_up` (kernels are picked on first use); stops after a pass slower than
+    `give_up_after` seconds (a kernel far too slow to win need not be timed again)."""
+    if warm_up:
+        for call in calls:
+            call()
+    times: list[float] = []
+    while len(times) < tries and (not times or times[-1] <= give_up_after):
+        t0 = time.perf_counter()
+        for call in calls:
+            call()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def bf16_slowdown(device: str = "cpu") -> float:

@@ -253,3 +253,13 @@ def test_validations_decoding_copy_is_evaluates_model_and_leaves_the_random_stre
     assert search(copy, src, v.decode) == search(fresh, src, v.decode)
     if precision == "bf16":
         assert copy.decoder_layers[0].ffn.w_1.weight.dtype == torch.bfloat16
+
+
+def test_best_time_warms_up_then_takes_the_fastest_pass_and_gives_up_on_a_slow_one():
+    from mtkit.hardware import best_time
+
+    calls = []
+    assert best_time([lambda: calls.append(1)], tries=3) >= 0 and len(calls) == 4  # 1 warm-up + 3 timed
+    calls.clear()
+    best_time([lambda: calls.append(1)], tries=3, warm_up=False, give_up_after=-1.0)  # every pass is "too slow"
+    assert len(calls) == 1

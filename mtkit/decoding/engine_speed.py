@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from mtkit.decoding.precision import prepare_for_decoding, resolve_decode_precis
 from mtkit.decoding.search import search
 from mtkit.decoding.workers import map_batches, resolve_workers
 from mtkit.errors import MtkitError
-from mtkit.hardware import machine_report
+from mtkit.hardware import best_time, machine_report
 from mtkit.model.transformer import Transformer
 
 log = logging.getLogger("mtkit")
@@ -109,14 +108,9 @@ def time_engines() -> float:
     return round(native_seconds / ct2_seconds, 2)
 
 
-def _best_time(run: Any, batches: list, workers: int, tries: int = 3) -> float:
-    list(map_batches(run, batches[:1], 1))  # warm-up: kernels are picked on first use
-    times = []
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        list(map_batches(run, batches, workers))
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _best_time(run: Any, batches: list, workers: int) -> float:
+    list(map_batches(run, batches[:1], 1))  # warm-up on one batch: kernels are picked on first use
+    return best_time([lambda: list(map_batches(run, batches, workers))], warm_up=False)
 
 
 class _Pieces:

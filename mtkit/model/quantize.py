@@ -16,14 +16,13 @@ never uses it.
 from __future__ import annotations
 
 import functools
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from mtkit.errors import ConfigError
+from mtkit.hardware import best_time
 
 ACTIVATION_LEVELS = 127  # activations in [-127, 127]: symmetric, so 0 is exact and no zero point is needed
 KERNELS = ("int_mm", "fbgemm")
@@ -170,29 +169,9 @@ def kernel_speedups() -> dict[str, float]:
             linear.bias.zero_()
         layers.append((linear, torch.randn(rows, k, generator=gen)))
     with torch.inference_mode():
-        fp32 = _step_time([lambda lin=lin, x=x: lin(x) for lin, x in layers])
+        fp32 = best_time([lambda lin=lin, x=x: lin(x) for lin, x in layers])
         out = {}
         for kernel in (k for k in KERNELS if kernel_available(k)):
             calls = [lambda q=make_int8_linear(lin, kernel), x=x: q(x) for lin, x in layers]
-            out[kernel] = fp32 / _step_time(calls, give_up_after=3 * fp32)
+            out[kernel] = fp32 / best_time(calls, give_up_after=3 * fp32)
     return out
-
-
-def _step_time(calls: list[Callable[[], Tensor]], give_up_after: float = float("inf")) -> float:
-    """Best time of 3 passes over `calls` after a warm-up pass (kernels are picked on first use);
-    after one timed pass when that pass took longer than `give_up_after` seconds."""
-    times = []
-    for i in range(4):
-        t0 = time.perf_counter()
-        for call in calls:
-            call()
-        if i:
-            times.append(time.perf_counter() - t0)
-            if times[-1] > give_up_after:
-                break
-    return min(times)
-
-
-def int8_speedup() -> float:
-    """How many times as fast as fp32 the fastest int8 kernel runs here (0 where none runs)."""
-    return fastest_kernel()[1]
