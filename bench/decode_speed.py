@@ -54,7 +54,7 @@ def main() -> None:
     from mtkit.decoding.scoring import score
     from mtkit.decoding.textio import read_text_lines
     from mtkit.decoding.translate import translate_lines
-    from mtkit.decoding.workers import map_batches, resolve_workers
+    from mtkit.decoding.workers import map_batches, workers_for
     from mtkit.memory import keep_freed_memory, peak_rss_mb
     from mtkit.model.loading import load_model
 
@@ -75,7 +75,7 @@ def main() -> None:
     refs = read_text_lines(args.ref, "references")[: args.limit] if args.ref else None
     rss_loaded = peak_rss_mb()
     batching = f"{args.batch_sents} sentences" if args.batch_sents else f"{args.batch_tokens} tokens"
-    workers = model.workers if args.engine == "ctranslate2" else resolve_workers(base_decode.workers, "cpu")
+    workers = workers_for(model, base_decode.workers, "cpu")
     print(f"model {args.model}: {what}; {len(lines)} sentences from {args.src};"
           f" threads {args.threads}; batches: {batching}, {workers} at once; freed memory {malloc};"
           f" torch {torch.__version__}")

@@ -93,3 +93,13 @@ def test_block_topk_equals_topk(n, m, k):
     (values, indices), want = block_topk(x, k), x.topk(k, dim=1)
     assert torch.equal(values, want.values)
     assert torch.equal(indices, want.indices)
+
+
+def test_an_engine_with_its_own_split_says_how_many_batches_it_takes(two_threads):
+    from mtkit.decoding.workers import workers_for
+
+    class Engine:
+        workers = 3  # CTranslate2's inter_threads
+
+    assert workers_for(Engine(), None, "cpu") == 3
+    assert workers_for(object(), None, "cpu") == 2 and workers_for(object(), 1, "cpu") == 1

@@ -32,7 +32,7 @@ from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mtkit.decoding.search_state import eval_mode
 from mtkit.decoding.textio import CHUNK_LINES, read_chunks
 from mtkit.decoding.translate import token_batches
-from mtkit.decoding.workers import map_batches, resolve_workers
+from mtkit.decoding.workers import map_batches, workers_for
 from mtkit.errors import DataError
 
 log = logging.getLogger("mtkit")
@@ -95,8 +95,7 @@ def score_pairs(model: Any, tokenizer: Any, srcs: list[str], tgts: list[str], de
 
     batches = list(token_batches(longest, decode.batch_tokens))
     with torch.inference_mode(), eval_mode(model):
-        workers = getattr(model, "workers", 1) if score_ids is not None else resolve_workers(decode.workers, device)
-        for batch, found in zip(batches, map_batches(score_batch, batches, workers)):
+        for batch, found in zip(batches, map_batches(score_batch, batches, workers_for(model, decode.workers, device))):
             for (i, _), log_probs in zip(batch, found):
                 out[i] = PairScore(pairs[i][1] + [EOS_ID], log_probs)
     return out

@@ -27,7 +27,7 @@ from mtkit.decoding.sampling import line_seed, sample_search
 from mtkit.decoding.search import search
 from mtkit.decoding.search_state import eval_mode
 from mtkit.decoding.textio import CHUNK_LINES, arrives_over_time, count_lines, read_as_available, read_chunks
-from mtkit.decoding.workers import map_batches, resolve_workers
+from mtkit.decoding.workers import map_batches, workers_for
 from mtkit.errors import ConfigError, DataError
 
 log = logging.getLogger("mtkit")
@@ -73,8 +73,7 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     batches = list(token_batches(rows, max(1, decode.batch_tokens // (1 if decode.sample else decode.beam_size))))
     # Eval mode once for all workers (search's own switch would race between threads).
     with torch.inference_mode(), eval_mode(model):
-        workers = getattr(model, "workers", 1) if search_ids is not None else resolve_workers(decode.workers, device)
-        for batch, found in zip(batches, map_batches(find, batches, workers)):
+        for batch, found in zip(batches, map_batches(find, batches, workers_for(model, decode.workers, device))):
             for ((i, j), _), hyps in zip(batch, found):
                 texts = tokenizer.decode_tgt([h.tokens for h in hyps])
                 got = [Translation(t, h.score) for t, h in zip(texts, hyps)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -39,6 +39,13 @@ def resolve_workers(requested: int | None, device: str, threads: int | None = No
         return 1
     threads = threads or torch.get_num_threads()
     return max(1, min(threads, requested if requested is not None else MAX_AUTO_WORKERS))
+
+
+def workers_for(model: Any, requested: int | None, device: str) -> int:
+    """Batches to hand `model` at once: an engine that brings its own split (ct2.CT2Engine.workers,
+    CTranslate2's inter_threads) says; a torch model takes resolve_workers."""
+    engine_workers = getattr(model, "workers", None)
+    return engine_workers if engine_workers is not None else resolve_workers(requested, device)
 
 
 def map_batches(search: Callable[[Batch], Result], batches: Iterable[Batch], workers: int) -> Iterator[Result]:
