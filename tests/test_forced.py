@@ -91,3 +91,14 @@ def test_a_pair_score_sums_its_pieces():
     assert (s.log_prob, s.per_piece) == (-1.75, pytest.approx(-1.75 / 3))
     assert PAD_ID not in s.pieces
 
+
+
+def test_score_file_names_a_missing_or_wrong_input(tmp_path):
+    from mtkit.decoding.forced import score_file
+    from mtkit.errors import DataError
+
+    (tmp_path / "t.txt").write_text("5\n")
+    with pytest.raises(DataError, match=r"source .*nope.txt: file not found \(absolute path"):
+        score_file(None, None, DecodeConfig(), tmp_path / "nope.txt", tmp_path / "t.txt", None)
+    with pytest.raises(DataError, match=r"target .*: is a directory; give a text file"):
+        score_file(None, None, DecodeConfig(), tmp_path / "t.txt", tmp_path, None)

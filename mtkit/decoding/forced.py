@@ -30,7 +30,7 @@ from mtkit.config import DecodeConfig
 from mtkit.data.padding import make_batch
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mtkit.decoding.search_state import eval_mode
-from mtkit.decoding.textio import CHUNK_LINES, read_chunks
+from mtkit.decoding.textio import CHUNK_LINES, check_text_file, read_chunks
 from mtkit.decoding.translate import token_batches
 from mtkit.decoding.workers import map_batches, workers_for
 from mtkit.errors import DataError
@@ -137,9 +137,8 @@ def score_file(model: Any, tokenizer: Any, decode: DecodeConfig, src_path: Path,
     per line with the pieces and their log-probabilities. The output takes its name only when
     complete (files.replacing), so files of different lengths leave nothing behind.
     """
-    for path, what in ((src_path, "source"), (tgt_path, "target")):
-        if not path.is_file():
-            raise DataError(f"{what} {path}: not a file (absolute path {path.resolve()})")
+    check_text_file(src_path, "source")
+    check_text_file(tgt_path, "target")
     pieces = tokenizer.pieces("tgt")
     with contextlib.ExitStack() as stack:
         src_chunks = read_chunks(stack.enter_context(open(src_path, "rb")), f"source {src_path}", chunk_lines)

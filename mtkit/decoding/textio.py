@@ -74,12 +74,17 @@ def arrives_over_time(stream: IO[bytes]) -> bool:
         return False
 
 
-def read_text_lines(path: Path, what: str) -> list[str]:
-    """A UTF-8 text file's lines (without newlines), checked as translation input is (read_chunks)."""
+def check_text_file(path: Path, what: str) -> None:
+    """One error line, naming `what` ("input", "references", ...), unless `path` is a file to read."""
     if not path.exists():
         raise DataError(f"{what} {path}: file not found (absolute path {path.resolve()})")
     if path.is_dir():
         raise DataError(f"{what} {path}: is a directory; give a text file with one sentence per line")
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """A UTF-8 text file's lines (without newlines), checked as translation input is (read_chunks)."""
+    check_text_file(path, what)
     with open(path, "rb") as f:
         return [line for _, chunk in read_chunks(f, f"{what} {path}") for line in chunk]
 

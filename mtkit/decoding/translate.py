@@ -26,9 +26,16 @@ from mtkit.data.padding import make_batch
 from mtkit.decoding.sampling import line_seed, sample_search
 from mtkit.decoding.search import search
 from mtkit.decoding.search_state import eval_mode
-from mtkit.decoding.textio import CHUNK_LINES, arrives_over_time, count_lines, read_as_available, read_chunks
+from mtkit.decoding.textio import (
+    CHUNK_LINES,
+    arrives_over_time,
+    check_text_file,
+    count_lines,
+    read_as_available,
+    read_chunks,
+)
 from mtkit.decoding.workers import map_batches, workers_for
-from mtkit.errors import ConfigError, DataError
+from mtkit.errors import ConfigError
 
 log = logging.getLogger("mtkit")
 
@@ -132,10 +139,7 @@ def translate_file(model, tokenizer, decode: DecodeConfig, input_path: Path | No
     """
     name = str(input_path) if input_path else "<stdin>"
     if input_path is not None:
-        if not input_path.exists():
-            raise DataError(f"input {input_path}: file not found (absolute path {input_path.resolve()})")
-        if input_path.is_dir():
-            raise DataError(f"input {input_path}: is a directory; give a text file")
+        check_text_file(input_path, "input")
     show_bar = progress if progress is not None else (output_path is not None and sys.stderr.isatty())
     total = count_lines(input_path) if show_bar and input_path else None
     with contextlib.ExitStack() as stack:
