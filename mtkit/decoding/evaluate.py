@@ -8,7 +8,6 @@ validation did (its train.valid_tokenize and train.valid_chrf_word_order).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +17,11 @@ from mtkit.data.pairs import dev_subset
 from mtkit.data.sources import load_pairs
 from mtkit.decoding.ct2 import export_config, is_ct2_dir
 from mtkit.decoding.loading import load_for_decoding
-from mtkit.decoding.scoring import bleu_language, bleu_metric, score
+from mtkit.decoding.scoring import Scoring, validation_scoring
 from mtkit.decoding.textio import read_text_lines
 from mtkit.decoding.translate import translate_lines
 from mtkit.errors import ConfigError, DataError
 from mtkit.model.checkpoint import load_checkpoint, resolve_model_path
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How to score: the target language (BLEU's tokenizer), a tokenizer instead, chrF's word order."""
-
-    tgt_lang: str | None = None
-    tokenize: str | None = None
-    chrf_word_order: int = 0
-
-    def score(self, hyps: list[str], refs: list[str]) -> dict[str, Any]:
-        return score(hyps, refs, tgt_lang=self.tgt_lang, tokenize=self.tokenize, chrf_word_order=self.chrf_word_order)
-
-    def check(self) -> None:
-        """Fail now (one error line) where BLEU's tokenizer cannot run, not after translating."""
-        bleu_metric(bleu_language(self.tgt_lang), self.tokenize)
 
 
 def score_files(hyp_path: Path, ref_path: Path, scoring: Scoring = Scoring()) -> dict[str, Any]:
@@ -106,9 +89,9 @@ def evaluate(model: str | list[str] | None, src: Path | None, ref: Path | None, 
         greedy = True
     first = model[0] if isinstance(model, list) else model
     cfg = model_config(first)
-    t = cfg.train
-    scoring = Scoring(tgt_lang or cfg.data.tgt_lang, tokenize or (t.valid_tokenize if valid else None),
-                      chrf_word_order if chrf_word_order is not None else (t.valid_chrf_word_order if valid else 0))
+    base = validation_scoring(cfg) if valid else Scoring(cfg.data.tgt_lang)
+    scoring = Scoring(tgt_lang or base.tgt_lang, tokenize or base.tokenize,
+                      base.chrf_word_order if chrf_word_order is None else chrf_word_order)
     scoring.check()
     net, tok, decode, dev = load_for_decoding(model, device, overrides, beam, greedy, None, batch_tokens, engine,
                                               weights)

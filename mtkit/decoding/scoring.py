@@ -15,6 +15,7 @@ sacreBLEU's Asian-language support (normalized; it would otherwise count whole l
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
@@ -58,6 +59,32 @@ def score(hyps: list[str], refs: list[str], metrics: tuple[str, ...] = ("bleu", 
         out["signature"][name] = str(metric.get_signature())
         out["label"][name] = result.name
     return out
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How `mtkit evaluate` and validation score: the target language (BLEU's tokenizer), a sacreBLEU
+    tokenizer instead, chrF's word order."""
+
+    tgt_lang: str | None = None
+    tokenize: str | None = None
+    chrf_word_order: int = 0
+
+    def score(self, hyps: list[str], refs: list[str], metrics: tuple[str, ...] = ("bleu", "chrf", "ter")
+              ) -> dict[str, Any]:
+        return score(hyps, refs, metrics, tgt_lang=self.tgt_lang, tokenize=self.tokenize,
+                     chrf_word_order=self.chrf_word_order)
+
+    def check(self, key: str = "--tokenize") -> None:
+        """Fail now, with one error line naming `key`, where BLEU's tokenizer cannot run: not after
+        translating a test set or training up to the first validation."""
+        bleu_metric(bleu_language(self.tgt_lang), self.tokenize, key)
+
+
+def validation_scoring(cfg: Any) -> Scoring:
+    """How validation scores the dev set (and `mtkit evaluate --valid` again): BLEU tokenized for
+    data.tgt_lang (or train.valid_tokenize), chrF with train.valid_chrf_word_order."""
+    return Scoring(cfg.data.tgt_lang, cfg.train.valid_tokenize, cfg.train.valid_chrf_word_order)
 
 
 def bleu_language(tgt_lang: str | None) -> str:

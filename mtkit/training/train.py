@@ -16,7 +16,7 @@ import torch
 
 from mtkit.config import Config
 from mtkit.data.pairs import prepare_data
-from mtkit.decoding.scoring import bleu_language, bleu_metric
+from mtkit.decoding.scoring import validation_scoring
 from mtkit.hardware import resolve_device
 from mtkit.memory import keep_freed_memory
 from mtkit.training import distributed
@@ -43,7 +43,7 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     keep_freed_memory()
     t = cfg.train
     if cfg.data.valid is not None:  # a dev BLEU tokenizer that cannot run fails now, not after data preparation
-        bleu_metric(bleu_language(cfg.data.tgt_lang), t.valid_tokenize, key="train.valid_tokenize")
+        validation_scoring(cfg).check("train.valid_tokenize")
     world = distributed.world_from_env()
     if not world.is_main:
         setup_logging(-1)  # warnings and errors only; rank 0 tells the story

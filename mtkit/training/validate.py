@@ -24,7 +24,7 @@ from mtkit.data.padding import make_batch
 from mtkit.data.pairs import dev_subset
 from mtkit.data.tokenizer import PAD_ID, Tokenizer
 from mtkit.decoding.precision import prepare_for_decoding, resolve_decode_precision
-from mtkit.decoding.scoring import score
+from mtkit.decoding.scoring import validation_scoring
 from mtkit.decoding.translate import translate_lines
 from mtkit.model.transformer import Transformer
 from mtkit.training.loss import token_losses
@@ -39,9 +39,7 @@ class Validator:
         valid_ds = dev_subset(valid_ds, cfg.train.valid_max_sentences)
         self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
         self.best_metric = cfg.train.best_metric
-        # Dev BLEU tokenized for the target language (scoring.py; train.py has checked it runs).
-        self.scoring = dict(tgt_lang=cfg.data.tgt_lang, tokenize=cfg.train.valid_tokenize,
-                            chrf_word_order=cfg.train.valid_chrf_word_order)
+        self.scoring = validation_scoring(cfg)  # train.py has checked that its tokenizer runs
         self.label_smoothing = (cfg.train.label_smoothing, cfg.train.label_smoothing_over)
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
@@ -77,7 +75,7 @@ class Validator:
         decoder = self.decoding_copy(model) if self.decode.precision != "fp32" else model
         hyps = [ts[0].text for ts in translate_lines(decoder, self.tokenizer, self.src_texts, self.decode, self.device)]
         del decoder
-        scores = score(hyps, self.ref_texts, metrics=("bleu", "chrf"), **self.scoring)
+        scores = self.scoring.score(hyps, self.ref_texts, metrics=("bleu", "chrf"))
         tokens = max(tokens, 1)
         return {
             "valid_loss": loss_sum / tokens,
