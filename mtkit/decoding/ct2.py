@@ -36,7 +36,7 @@ from mtkit.config import Config, DecodeConfig, from_plain_dict, to_dict
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from mtkit.decoding.search_state import output_limit
 from mtkit.decoding.settings import decode_overrides, decode_settings
-from mtkit.decoding.workers import resolve_workers
+from mtkit.decoding.workers import resolve_workers, threads_per_worker
 from mtkit.errors import ConfigError, DataError
 from mtkit.hardware import resolve_device
 from mtkit.model.loading import load_model
@@ -243,7 +243,7 @@ def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | t
     compute_type = COMPUTE_TYPES[decode.precision]
     workers = resolve_workers(decode.workers, device)
     engine = CT2Engine(p, tok, "cuda" if device.startswith("cuda") else "cpu", compute_type,
-                       max(1, torch.get_num_threads() // workers), workers)
+                       threads_per_worker(workers), workers)
     log.info("CTranslate2 %s: %s, compute type %s, %d batch(es) at once", extras.ctranslate2().__version__, p,
              compute_type, workers)
     return engine, tok, decode, device

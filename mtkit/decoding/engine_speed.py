@@ -36,7 +36,7 @@ from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from mtkit.decoding.ct2 import CT2Engine, model_spec
 from mtkit.decoding.precision import prepare_for_decoding, resolve_decode_precision
 from mtkit.decoding.search import search
-from mtkit.decoding.workers import map_batches, resolve_workers
+from mtkit.decoding.workers import map_batches, resolve_workers, threads_per_worker
 from mtkit.errors import MtkitError
 from mtkit.hardware import best_time, machine_report
 from mtkit.model.transformer import Transformer
@@ -98,7 +98,7 @@ def time_engines() -> float:
         spec.validate()
         spec.optimize(quantization="int8")
         spec.save(tmp)
-        engine = CT2Engine(tmp, pieces, "cpu", "int8", max(1, torch.get_num_threads() // workers), workers)
+        engine = CT2Engine(tmp, pieces, "cpu", "int8", threads_per_worker(workers), workers)
         ct2_seconds = _best_time(lambda batch: engine.search_ids(batch, decode), batches, workers)
     native = prepare_for_decoding(model, resolve_decode_precision("auto", "cpu")[0])
     eos = torch.tensor([[EOS_ID]] * BATCH)

@@ -2,8 +2,8 @@
 
 auto picks int8 on a CPU where the fastest 8-bit kernel, timed at start-up on a decoding step's
 matmuls, runs at least INT8_MIN_SPEEDUP x as fast as fp32 (model/quantize.py), else what
-train.precision's auto picks (hardware.py: bf16 where native, fp32 elsewhere). The model is then fused and cast or quantized once; search keeps
-its log-softmax and scores in fp32 throughout. Translation, evaluation and validation all prepare
+train.precision's auto picks (hardware.py: bf16 where native, fp32 elsewhere). The model is then
+fused and cast or quantized once; search keeps its log-softmax and scores in fp32 throughout. Translation, evaluation and validation all prepare
 models here, so they decode alike.
 """
 

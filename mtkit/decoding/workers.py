@@ -64,11 +64,16 @@ def map_batches(search: Callable[[Batch], Result], batches: Iterable[Batch], wor
                 future.cancel()
 
 
+def threads_per_worker(workers: int) -> int:
+    """torch's intra-op threads divided among `workers` (at least one each)."""
+    return max(1, torch.get_num_threads() // workers)
+
+
 @contextlib.contextmanager
 def threads_each(workers: int) -> Iterator[None]:
-    """torch's intra-op threads divided among `workers` while inside (at least one each)."""
+    """torch's intra-op threads divided among `workers` while inside (threads_per_worker)."""
     total = torch.get_num_threads()
-    torch.set_num_threads(max(1, total // workers))
+    torch.set_num_threads(threads_per_worker(workers))
     try:
         yield
     finally:
