@@ -45,7 +45,8 @@ def training_batches(config: Path, run_dir: Path | None, batch_tokens: int, over
     run_dir = run_dir or Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(dir=run_dir, tokenizer=get_tokenizer(cfg, run_dir))
-    train_ds, _ = prepare_data(cfg.data, run.tokenizer, run_dir / "cache")
+    train, _ = prepare_data(cfg.data, run.tokenizer, run_dir / "cache")
+    train_ds = train.ds
     src_lens, tgt_lens = token_lengths(train_ds)
     batches = iter(TokenBatchSampler(src_lens, tgt_lens, batch_tokens, seed=cfg.seed))
     return cfg, run, train_ds, batches

@@ -23,7 +23,16 @@ from typing import List, Optional
 import typer
 
 from mtkit import __version__
-from mtkit.cli_base import STATE, EngineOpt, SetOpt, WeightsOpt, debug_on, handles_errors
+from mtkit.cli_base import (
+    STATE,
+    EngineOpt,
+    PrefixOpt,
+    SetOpt,
+    WeightsOpt,
+    debug_on,
+    handles_errors,
+    with_prefix,
+)
 from mtkit.cli_data import data_app
 from mtkit.errors import ConfigError
 
@@ -131,6 +140,7 @@ def translate_cmd(
     topp: Optional[float] = typer.Option(None, "--topp", help="With --sample: within the nucleus of probability P."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="With --sample: soften (>1) or sharpen."),
     seed: Optional[int] = typer.Option(None, "--seed", help="With --sample: a line's samples follow from it and its text."),
+    prefix: Optional[str] = PrefixOpt,
     weights: Optional[str] = WeightsOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
@@ -142,7 +152,7 @@ def translate_cmd(
     from mtkit.decoding.translate import translate_file
 
     sampling = {"sample": sample or None, "topk": topk, "topp": topp, "temperature": temperature, "seed": seed}
-    sets = [*(set_ or []), *(f"decode.{k}={str(v).lower() if k == 'sample' else v}" for k, v in sampling.items()
+    sets = [*with_prefix(set_, prefix), *(f"decode.{k}={str(v).lower() if k == 'sample' else v}" for k, v in sampling.items()
                              if v is not None)]
     net, tok, decode, dev = load_for_decoding(model, device, sets, beam, greedy, nbest, batch_tokens, engine,
                                               parse_weights(weights))
@@ -163,6 +173,7 @@ def score_cmd(
     normalize: bool = typer.Option(False, "--normalize", help="Log-probability per target piece, not summed."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: score, pieces, log_probs."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded tokens per batch."),
+    prefix: Optional[str] = PrefixOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -172,7 +183,8 @@ def score_cmd(
     from mtkit.decoding.forced import score_file
     from mtkit.decoding.loading import load_for_decoding
 
-    net, tok, decode, dev = load_for_decoding(model, device, set_ or [], batch_tokens=batch_tokens, engine=engine)
+    net, tok, decode, dev = load_for_decoding(model, device, with_prefix(set_, prefix), batch_tokens=batch_tokens,
+                                              engine=engine)
     pairs = score_file(net, tok, decode, src, tgt, output, normalize=normalize, as_json=as_json, device=dev)
     if output is not None:
         typer.echo(f"scored {pairs} pairs -> {output}", err=True)
@@ -194,6 +206,7 @@ def evaluate_cmd(
     tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language (BLEU's tokenizer); default: MODEL's."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help="sacreBLEU tokenizer for BLEU (13a, zh, char, ...)."),
     chrf_word_order: Optional[int] = typer.Option(None, "--chrf-word-order", help="chrF word n-grams; 2 = chrF++."),
+    prefix: Optional[str] = PrefixOpt,
     weights: Optional[str] = WeightsOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = EngineOpt,
@@ -204,7 +217,7 @@ def evaluate_cmd(
     from mtkit.decoding.evaluate import evaluate
     from mtkit.decoding.scoring import format_scores
 
-    result = evaluate(model or None, src, ref, hyp, valid, device=device, overrides=set_ or [], beam=beam,
+    result = evaluate(model or None, src, ref, hyp, valid, device=device, overrides=with_prefix(set_, prefix), beam=beam,
                       greedy=greedy, batch_tokens=batch_tokens, engine=engine, output=output, tgt_lang=tgt_lang,
                       tokenize=tokenize, chrf_word_order=chrf_word_order, weights=parse_weights(weights))
     if as_json:

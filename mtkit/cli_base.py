@@ -8,6 +8,7 @@ answer without loading torch (cli.py's docstring says why).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 
@@ -21,8 +22,15 @@ STATE = {"debug": False}
 
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE", help="Override a config key (repeatable).")
 WeightsOpt = typer.Option(None, "--weights", help="With several models: their weights, e.g. 0.6,0.4 (default: equal).")
+PrefixOpt = typer.Option(None, "--prefix", help="A tag the model was trained with, put before every source"
+                         " line, e.g. \"<2de>\" (decode.prefix).")
 EngineOpt = typer.Option("torch", "--engine", help="torch (mtkit's search) or ctranslate2 (an `mtkit export`"
                          " directory, or a checkpoint exported on the fly).")
+
+
+def with_prefix(sets: list[str] | None, prefix: str | None) -> list[str]:
+    """--set items with --prefix added as decode.prefix (JSON-quoted: any text stays a string)."""
+    return [*(sets or []), *([f"decode.prefix={json.dumps(prefix)}"] if prefix is not None else [])]
 
 
 def debug_on() -> bool:

@@ -34,13 +34,23 @@ class SplitConfig:
     streaming: bool = False  # stream `hub` instead of downloading it whole
     src_field: Optional[str] = None  # column/key of the source side; default data.src_lang
     tgt_field: Optional[str] = None  # column/key of the target side; default data.tgt_lang
+    tag: Optional[str] = None  # e.g. "<BT>": put before every source sentence as one piece; null = none
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig(SplitConfig):
+    """One training corpus: where its pairs come from and its share of an epoch (data/mixing.py)."""
+
+    name: Optional[str] = None  # how logs and metrics name it; null = its tag, file or dataset name
+    weight: float = 1.0  # its share of each epoch's pairs is weight / (sum of all corpora's weights)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     src_lang: str = "de"  # source language code (also the default column name)
     tgt_lang: str = "en"  # target language code
-    train: SplitConfig = field(default_factory=SplitConfig)  # training pairs
+    # training corpora: one mapping, or a list of them mixed by weight (a single one is a list of one)
+    train: tuple[CorpusConfig, ...] = (CorpusConfig(),)
     valid: Optional[SplitConfig] = None  # dev pairs for validation (never filtered)
     test: Optional[SplitConfig] = None  # test pairs, reported by `mtkit data check` only
     max_len: int = 128  # subword tokens per side; longer training pairs are dropped and counted
@@ -50,6 +60,11 @@ class DataConfig:
     upsample_pattern: Optional[str] = None  # ... or whose source matches this regex (Python re.search) ...
     upsample_factor: int = 1  # ... appear this many times per epoch (1 = off; see docs/data.md)
     upsample_schedule: Optional[tuple[int, ...]] = None  # a factor per epoch instead, the last for all later ones
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, SplitConfig):  # DataConfig(train=SplitConfig(...)) from Python: one corpus
+            one = self.train if isinstance(self.train, CorpusConfig) else CorpusConfig(**dataclasses.asdict(self.train))
+            object.__setattr__(self, "train", (one,))
 
     @property
     def upsample_factors(self) -> tuple[int, ...]:
@@ -130,6 +145,7 @@ class DecodeConfig:
     topp: float = 1.0  # with sample: draw within the smallest set of pieces holding this much probability
     temperature: float = 1.0  # with sample: divide the log-probabilities by this first
     seed: int = 1  # with sample: each line's samples are seeded from this, its text and the sample number
+    prefix: Optional[str] = None  # a tag put before every source line as one piece, e.g. "<2de>" (translate --prefix)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +194,7 @@ RESUMABLE_KEYS = frozenset(
         "decode.topp",
         "decode.temperature",
         "decode.seed",
+        "decode.prefix",
         "data.num_proc",
     }
 )

@@ -57,6 +57,8 @@ def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bo
             problems.append(f"{path}: expected one of {', '.join(map(str, choices))} (got {show(value)})")
             return False, None
         return True, value
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,) and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        return True, sections(typing.get_args(tp)[0], value, path, problems)
     if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):  # tuple[int, ...]: a list of any length >= 1
         if not isinstance(value, (list, tuple)) or not value:
             problems.append(f"{path}: expected a list of one or more numbers (got {show(value)})")
@@ -97,12 +99,28 @@ def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bo
     raise AssertionError(f"config type {tp} of {path} is not handled")  # a bug in this file
 
 
+def sections(cls: type, value: Any, path: str, problems: list[str]) -> tuple:
+    """A list of mappings (data.train's corpora) as a tuple of `cls`; one mapping is a list of one."""
+    if isinstance(value, dict):
+        return (from_dict(cls, value, path + ".", problems),)
+    if not isinstance(value, (list, tuple)) or not value:
+        problems.append(f"{path}: expected a mapping or a list of one or more mappings (got {show(value)})")
+        return (cls(),)
+    return tuple(from_dict(cls, v, f"{path}[{i}].", problems) for i, v in enumerate(value))
+
+
 def cross_field_problems(cfg: Any) -> list[str]:
     """Ranges and rules that involve more than one field's type, section by section."""
     p = _Problems()
-    for name, split in (("train", cfg.data.train), ("valid", cfg.data.valid), ("test", cfg.data.test)):
+    for i, corpus in enumerate(cfg.data.train):
+        key = corpus_key(cfg.data.train, i)
+        p.extend(split_problems(key, corpus))
+        p.extend(corpus_problems(key, corpus))
+    for name, split in (("valid", cfg.data.valid), ("test", cfg.data.test)):
         if split is not None:
             p.extend(split_problems(f"data.{name}", split))
+            p.extend(tag_problems(f"data.{name}", split.tag))
+    p.extend(corpus_names_problems(cfg.data.train))
     _data_problems(p, cfg.data)
     _model_problems(p, cfg.tokenizer, cfg.model)
     _train_problems(p, cfg.train)
@@ -200,6 +218,7 @@ def _decode_problems(p: _Problems, dec: Any) -> None:
         p.append(f"decode.topp: must be in (0, 1] (got {dec.topp})")
     if dec.nbest > dec.beam_size > 0 and not dec.sample:  # with sample, nbest counts independent samples
         p.append(f"decode.nbest: must be <= decode.beam_size={dec.beam_size} (got {dec.nbest})")
+    p.extend(tag_problems("decode.prefix", dec.prefix))
     if dec.max_len_a == 0 and dec.max_len_b == 0:
         p.append("decode.max_len_b: max_len_a and max_len_b are both 0, so no output could be produced")
 
@@ -214,6 +233,46 @@ def split_problems(prefix: str, s: Any) -> list[str]:
         missing = "tgt" if s.src else "src"
         return [f"{prefix}.{missing}: missing; a file pair needs both src and tgt"]
     return []
+
+
+def corpus_key(corpora: Any, i: int) -> str:
+    """How messages name training corpus i: data.train alone, data.train[i] among several."""
+    return "data.train" if len(corpora) == 1 else f"data.train[{i}]"
+
+
+RESERVED_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # tokenizer.py's special pieces
+
+
+def corpus_problems(key: str, c: Any) -> list[str]:
+    """A training corpus's weight, tag and name (its source is split_problems')."""
+    out = tag_problems(key, c.tag)
+    if not c.weight > 0:
+        out.append(f"{key}.weight: must be > 0 (got {c.weight}); it is the corpus's share of each epoch")
+    if c.name is not None and not c.name.strip():
+        out.append(f"{key}.name: must not be empty (got {c.name!r})")
+    return out
+
+
+def tag_problems(key: str, tag: str | None) -> list[str]:
+    """A tag becomes one tokenizer piece: one word, not a special piece."""
+    if tag is not None and (not tag or any(ch.isspace() or ch == "," for ch in tag)):
+        return [f"{key}.tag: must be one word without spaces or commas, e.g. \"<BT>\" (got {tag!r})"]
+    if tag in RESERVED_PIECES:
+        return [f"{key}.tag: {tag!r} is a special piece of the tokenizer; choose another, e.g. \"<BT>\""]
+    return []
+
+
+def corpus_names_problems(corpora: Any) -> list[str]:
+    """Two corpora may not share a name: logs and metrics.jsonl count pairs by name."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, c in enumerate(corpora):
+        if c.name is not None:
+            if c.name in seen:
+                out.append(f"data.train[{i}].name: {c.name!r} is also the name of data.train[{seen[c.name]}];"
+                           " give each corpus its own name")
+            seen.setdefault(c.name, i)
+    return out
 
 
 def parse_duration(value: str | float | int) -> float:

@@ -286,7 +286,8 @@ def test_megabyte_line_loads_and_is_dropped_by_max_len(tmp_path, tiny_tokenizer)
     pairs = [("kurz", "short"), ("lang " * 200_000, "long"), *DE_EN]
     src, tgt = write_pairs(tmp_path / "a.de", tmp_path / "a.en", pairs)
     data = DataConfig(train=SplitConfig(src=str(src), tgt=str(tgt)), max_len=64, max_len_ratio=1000.0)
-    ds, report = prepare_train(data, tiny_tokenizer, tmp_path / "cache")
+    train = prepare_train(data, tiny_tokenizer, tmp_path / "cache")
+    ds, (report,) = train.ds, train.reports
     assert report.too_long == 1 and report.kept == len(pairs) - 1
     assert "lang lang" not in "".join(ds["src"])
     (tmp_path / "big.csv").write_text(f"de,en\nkurz,short\n{'lang ' * 200_000},long\n", encoding="utf-8")
@@ -410,7 +411,8 @@ def test_check_report_with_and_without_tokenizer(tmp_path, tiny_tokenizer):
 def test_reverse_corpus_end_to_end(tmp_path, tiny_tokenizer, reverse_corpus):
     src, tgt = reverse_corpus(n=300)
     data = DataConfig(train=SplitConfig(src=str(src), tgt=str(tgt)), max_len=64)
-    ds, report = prepare_train(data, tiny_tokenizer, tmp_path / "cache")
+    train = prepare_train(data, tiny_tokenizer, tmp_path / "cache")
+    ds, (report,) = train.ds, train.reports
     assert report.total == 300 and report.kept == len(ds) > 250
     expected = reverse_pairs(300)
     first = ds[0]

@@ -60,10 +60,12 @@ def test_search_hypotheses_score_what_search_says(seed):
 class Pieces:
     """A tokenizer stand-in: whitespace-separated integers are the piece ids."""
 
-    def encode_src(self, texts):
+    def encode_src(self, texts, tag=None):
+        assert tag is None
         return [[int(x) for x in t.split()] for t in texts]
 
-    encode_tgt = encode_src
+    def encode_tgt(self, texts):
+        return self.encode_src(texts)
 
 
 def test_score_pairs_keeps_the_line_contract_and_does_not_depend_on_the_batch(caplog):

@@ -106,7 +106,8 @@ def test_topk_1_is_greedy():
 class Ids:
     """A tokenizer stand-in: pieces are whitespace-separated integers."""
 
-    def encode_src(self, texts):
+    def encode_src(self, texts, tag=None):
+        assert tag is None
         return [[int(x) for x in t.split()] for t in texts]
 
     def decode_tgt(self, ids):

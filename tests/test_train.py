@@ -381,7 +381,7 @@ def test_tiny_config_is_a_run_of_its_own_on_its_own_data(tmp_path):
     cfg = tiny_config(tmp_path, "mine", ["train.max_steps=7"])
     assert cfg.run_dir == str(tmp_path / "mine") and cfg.train.max_steps == 7
     assert (cfg.train.precision, cfg.decode.precision) == ("fp32", "fp32")
-    files = (cfg.data.train.src, cfg.data.train.tgt, cfg.data.valid.src, cfg.data.valid.tgt)
+    files = (cfg.data.train[0].src, cfg.data.train[0].tgt, cfg.data.valid.src, cfg.data.valid.tgt)
     assert [len(open(f, encoding="utf-8").read().splitlines()) for f in files] == [400, 400, 30, 30]
     assert all(o in tiny_overrides(tmp_path) for o in ("model.d_model=32", "train.threads=1"))
 

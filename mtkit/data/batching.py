@@ -9,7 +9,7 @@ sampler training draws from).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,8 +30,9 @@ class TokenBatchSampler:
     `shuffle=False` the order is fixed: sorted by length, ties in index order (for validation
     and translation).
 
-    An epoch covers every pair once, or the pairs `epoch_rows` lists for it (repeats allowed: how
-    data.upsample_* gives some pairs more weight), and then hands out those pair indices.
+    An epoch covers every pair once, or the pairs `epoch_rows(epoch)` lists (repeats allowed: how
+    data.upsample_* and several weighted corpora give some pairs more weight, mixing.CorpusMix),
+    and then hands out those pair indices.
 
     Sharding (one shard per training process): shard k gets batches k, k+N, k+2N, ... of the
     epoch's shuffled list, truncated to a multiple of N so every process does the same number of
@@ -46,8 +47,8 @@ class TokenBatchSampler:
         num_shards: number of training processes N.
         shard: this process's rank k in [0, N).
         pad_to: make_batch's rounding of both sequence lengths (1 = none).
-        epoch_rows: the pair indices of each epoch: epoch e takes epoch_rows[min(e, len - 1)];
-            None = every pair once in every epoch.
+        epoch_rows: epoch -> the pair indices of that epoch, deterministic in the epoch (a resumed
+            run asks again); None = every pair once in every epoch.
 
     Raises:
         DataError: if there are no pairs, or fewer batches than shards.
@@ -63,7 +64,7 @@ class TokenBatchSampler:
         num_shards: int = 1,
         shard: int = 0,
         pad_to: int = 1,
-        epoch_rows: Sequence[np.ndarray] | None = None,
+        epoch_rows: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         src = np.asarray(src_lens, dtype=np.int64)
         tgt = np.asarray(tgt_lens, dtype=np.int64)
@@ -91,19 +92,31 @@ class TokenBatchSampler:
                 "batching: %d pair(s) are longer than batch_tokens=%d on their own; each goes alone in a batch",
                 oversize, self.batch_tokens,
             )
-        self._rows = [None] if epoch_rows is None else [np.asarray(r, dtype=np.int64) for r in epoch_rows]
-        # The batch sizes depend only on the sorted costs, not on how ties are broken, so they are
-        # the same in every epoch with the same rows: cut once per row set, reuse the boundaries.
-        self._bounds = [_greedy_cuts(np.sort(self._cost if r is None else self._cost[r]), self.batch_tokens)
-                        for r in self._rows]
-        fewest = min(len(b) - 1 for b in self._bounds)
-        if fewest < self.num_shards:
-            raise DataError(
-                f"only {fewest} batch(es) per epoch for {self.num_shards} processes;"
-                " lower train.batch_tokens or use fewer processes"
-            )
+        self._epoch_rows = epoch_rows
+        self._plans: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}  # epoch -> (rows, batch bounds)
+        self._plan(0)  # fails now if there are fewer batches than shards
         self.epoch = 0
         self.position = 0
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """The rows of `epoch` (None: every pair once) and its batch boundaries over them sorted.
+
+        The batch sizes depend only on the sorted costs, not on how ties are broken, so the cuts
+        are made once per epoch (once in all without epoch_rows) and kept for the last few epochs.
+        """
+        key = 0 if self._epoch_rows is None else epoch
+        if key not in self._plans:
+            rows = None if self._epoch_rows is None else np.asarray(self._epoch_rows(epoch), dtype=np.int64)
+            bounds = _greedy_cuts(np.sort(self._cost if rows is None else self._cost[rows]), self.batch_tokens)
+            if len(bounds) - 1 < self.num_shards:
+                raise DataError(
+                    f"only {len(bounds) - 1} batch(es) per epoch for {self.num_shards} processes;"
+                    " lower train.batch_tokens or use fewer processes"
+                )
+            if len(self._plans) >= 3:
+                del self._plans[min(self._plans)]
+            self._plans[key] = (rows, bounds)
+        return self._plans[key]
 
     def __len__(self) -> int:
         """Batches of the current epoch for this shard."""
@@ -111,12 +124,11 @@ class TokenBatchSampler:
 
     def batches_in(self, epoch: int) -> int:
         """Batches of `epoch` for this shard."""
-        return (len(self._bounds[min(epoch, len(self._rows) - 1)]) - 1) // self.num_shards
+        return (len(self._plan(epoch)[1]) - 1) // self.num_shards
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """This shard's batches (arrays of pair indices) for `epoch`, deterministic in (seed, epoch)."""
-        which = min(epoch, len(self._rows) - 1)
-        rows = self._rows[which]
+        rows, bounds = self._plan(epoch)
         cost, src, tgt = ((self._cost, self._src, self._tgt) if rows is None
                           else (self._cost[rows], self._src[rows], self._tgt[rows]))
         # Sort by cost, then by source and target length so both sides of a batch need little
@@ -129,7 +141,7 @@ class TokenBatchSampler:
             order = np.lexsort((tgt, src, cost))  # lexsort is stable: index ties
         if rows is not None:
             order = rows[order]
-        batches = np.split(order, self._bounds[which][1:-1])
+        batches = np.split(order, bounds[1:-1])
         if self.shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]

@@ -13,8 +13,10 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from mtkit.config import Config, SplitConfig
-from mtkit.data.pairs import drop_counts, encode_pairs, token_lengths
+from mtkit.config import Config, DataConfig, SplitConfig
+from mtkit.configcheck import corpus_key
+from mtkit.data.mixing import corpus_names, epoch_draws
+from mtkit.data.pairs import check_tag, drop_counts, encode_pairs, token_lengths
 from mtkit.data.sources import load_pairs
 from mtkit.data.tokenizer import UNK_ID, Tokenizer
 from mtkit.data.upsample import source_matches, upsample_epochs, upsampling_line
@@ -35,30 +37,55 @@ def check_report(cfg: Config, tokenizer: Tokenizer | None) -> str:
     if tokenizer is not None:
         kind = "joint" if tokenizer.joint else "separate"
         out.append(f"tokenizer: {kind}, {tokenizer.src_vocab_size:,} source / {tokenizer.tgt_vocab_size:,} target pieces")
-    for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
+    several = len(data.train) > 1
+    splits = [(corpus_key(data.train, i).removeprefix("data."), f" ({label})" if several else "", c)
+              for i, (c, label) in enumerate(zip(data.train, corpus_names(data.train), strict=True))]
+    draws = []  # per training corpus: pairs it gives an epoch (before mixing), to report its share
+    for name, label, split in [*splits, ("valid", "", data.valid), ("test", "", data.test)]:
         if split is None:
             out.append(f"{name}: not configured")
             continue
         ds = load_pairs(split, data, name, cache)
-        out.append(f"{name}: {len(ds):,} pairs from {_describe(split)}")
+        out.append(f"{name}{label}: {len(ds):,} pairs from {_describe(split)}"
+                   + (f", tag {split.tag}" if split.tag else ""))
         if tokenizer is not None:
-            ds = encode_pairs(ds, tokenizer, data.num_proc)
+            tag = split.tag and check_tag(tokenizer, split.tag, f"data.{name}")
+            ds = encode_pairs(ds, tokenizer, data.num_proc, tag)
             src, tgt = token_lengths(ds)
         else:
             src, tgt = _word_lengths(ds, "src"), _word_lengths(ds, "tgt")
-        if name == "train":
-            report, keep = drop_counts(src, tgt, data.max_len, data.max_len_ratio)
-            out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
-            if max(data.upsample_factors) > 1:  # what training will pick among the kept pairs
-                matches = None if data.upsample_pattern is None else source_matches(ds, data.upsample_pattern)[keep]
-                rows = upsample_epochs(src[keep], data, matches)
-                out.append("  " + upsampling_line(data, report.kept, [len(r) for r in rows], unit))
+        if name.startswith("train"):
+            draws.append(_train_lines(out, ds, src, tgt, data, unit))
         for side, lens in (("src", src), ("tgt", tgt)):
             p50, p90, p99 = (int(v) for v in np.percentile(lens, [50, 90, 99], method="higher"))
             out.append(f"  {side} length: p50 {p50}  p90 {p90}  p99 {p99}  max {int(lens.max())}")
         if tokenizer is not None:
             out.append("  " + _coverage_line(ds, tokenizer))
+        if name.startswith("train") and len(draws) == len(data.train) > 1:
+            out.append(_shares_line(data, draws))
     return "\n".join(out)
+
+
+def _train_lines(out: list[str], ds: datasets.Dataset, src: np.ndarray, tgt: np.ndarray, data: DataConfig,
+                 unit: str) -> int:
+    """A training corpus's drops and upsampling; returns its rows per epoch (before mixing)."""
+    report, keep = drop_counts(src, tgt, data.max_len, data.max_len_ratio)
+    out.append(f"  filter (max_len {data.max_len} {unit}, max_len_ratio {data.max_len_ratio}): {report.format()}")
+    if max(data.upsample_factors) <= 1:
+        return report.kept
+    matches = None if data.upsample_pattern is None else source_matches(ds, data.upsample_pattern)[keep]
+    rows = upsample_epochs(src[keep], data, matches)  # what training will pick among the kept pairs
+    out.append("  " + upsampling_line(data, report.kept, [len(r) for r in rows], unit))
+    return len(rows[0])
+
+
+def _shares_line(data: DataConfig, rows: list[int]) -> str:
+    """Each corpus's share of an epoch (the first epoch, with upsampling)."""
+    drawn = epoch_draws(rows, [c.weight for c in data.train])
+    total = max(sum(drawn), 1)
+    names = corpus_names(data.train)
+    return "train mix (weights; pairs per epoch): " + ", ".join(
+        f"{name} {c.weight:g}: {n:,} ({n / total:.1%})" for name, c, n in zip(names, data.train, drawn, strict=True))
 
 
 def _describe(split: SplitConfig) -> str:

@@ -1,9 +1,10 @@
 """Sentence pairs for training and evaluation: encode with the tokenizer, filter, count what is dropped.
 
 Pairs come from sources.py as an Arrow table with "src"/"tgt" columns; this module adds token
-ids (in several processes), drops unusable training pairs counting each reason, and picks the dev
-pairs validation scores. Which pairs an epoch repeats is upsample.py's job, batch composition
-batching.py's, tensors padding.py's.
+ids (in several processes; a corpus's tag first), drops unusable training pairs counting each
+reason, lays several training corpora one after another in one table, and picks the dev pairs
+validation scores. Which pairs an epoch draws is upsample.py's and mixing.py's job, batch
+composition batching.py's, tensors padding.py's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from mtkit.config import DataConfig, SplitConfig
+from mtkit.configcheck import corpus_key
+from mtkit.data.mixing import CorpusSlice, corpus_names
 from mtkit.data.sources import load_pairs
 from mtkit.data.tokenizer import Tokenizer
 from mtkit.errors import DataError
@@ -45,7 +48,8 @@ class DropReport:
         )
 
 
-def encode_pairs(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int | None) -> datasets.Dataset:
+def encode_pairs(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int | None,
+                 tag: str | None = None) -> datasets.Dataset:
     """Add "src_ids" and "tgt_ids" (lists of int32 piece ids, no BOS/EOS) to every pair.
 
     Args:
@@ -53,6 +57,7 @@ def encode_pairs(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int | Non
         tokenizer: the run's tokenizer.
         num_proc: encoding processes; None = min(4, CPU cores), or 1 below 50k pairs where
             starting workers costs more than it saves.
+        tag: a corpus's tag, put first in every source as one piece ("src" keeps the text as read).
     """
     if num_proc is None:
         num_proc = 1 if len(ds) < SMALL_DATASET else min(4, os.cpu_count() or 1)
@@ -62,7 +67,7 @@ def encode_pairs(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int | Non
     # datasets caches the result under a fingerprint of (ds, _Encode(tokenizer)): the tokenizer
     # pickles as its model bytes, so another vocabulary never reuses a stale encoding.
     return ds.map(
-        _Encode(tokenizer), batched=True, batch_size=2000, num_proc=num_proc if num_proc > 1 else None,
+        _Encode(tokenizer, tag), batched=True, batch_size=2000, num_proc=num_proc if num_proc > 1 else None,
         features=features, desc="encoding",
     )
 
@@ -70,11 +75,12 @@ def encode_pairs(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int | Non
 class _Encode:
     """The `map` function; a class (not a closure) so it pickles for worker processes."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, tag: str | None) -> None:
+        self.tokenizer, self.tag = tokenizer, tag
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        return {"src_ids": self.tokenizer.encode_src(batch["src"]), "tgt_ids": self.tokenizer.encode_tgt(batch["tgt"])}
+        return {"src_ids": self.tokenizer.encode_src(batch["src"], self.tag),
+                "tgt_ids": self.tokenizer.encode_tgt(batch["tgt"])}
 
 
 def token_lengths(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -116,41 +122,69 @@ def drop_counts(src: np.ndarray, tgt: np.ndarray, max_len: int, ratio: float) ->
     return DropReport(len(src), *counts), keep
 
 
-def prepare_train(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path | None) -> tuple[datasets.Dataset, DropReport]:
-    """Load, encode and filter the training pairs.
+@dataclass
+class TrainPairs:
+    """The training table: every corpus's kept pairs, one corpus after another, and where each lies."""
+
+    ds: datasets.Dataset
+    corpora: list[CorpusSlice]
+    reports: list[DropReport]
+
+
+def prepare_train(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path | None) -> TrainPairs:
+    """Load, encode (each corpus's tag first) and filter every training corpus.
 
     Raises:
-        DataError: if nothing is left after filtering.
+        DataError: if a tag is not a piece of the tokenizer, or a corpus is empty after filtering.
     """
-    ds = encode_pairs(load_pairs(data.train, data, "train", cache_dir), tokenizer, data.num_proc)
-    ds, report = filter_train(ds, data.max_len, data.max_len_ratio)
-    log.info("data.train: %s", report.format())
-    if report.kept == 0:
-        raise DataError(
-            f"data.train: empty after filtering: {report.format()}; raise data.max_len (now {data.max_len})"
-            f" or data.max_len_ratio (now {data.max_len_ratio}), or check that the files hold text"
-        )
-    return ds, report
+    parts, slices, reports = [], [], []
+    for i, (corpus, name) in enumerate(zip(data.train, corpus_names(data.train), strict=True)):
+        key = corpus_key(data.train, i)
+        tag = corpus.tag and check_tag(tokenizer, corpus.tag, key)
+        ds = load_pairs(corpus, data, key.removeprefix("data."), cache_dir)
+        ds, report = filter_train(encode_pairs(ds, tokenizer, data.num_proc, tag), data.max_len, data.max_len_ratio)
+        log.info("%s%s: %s", key, f" ({name})" if len(data.train) > 1 else "", report.format())
+        if report.kept == 0:
+            raise DataError(
+                f"{key}: empty after filtering: {report.format()}; raise data.max_len (now {data.max_len})"
+                f" or data.max_len_ratio (now {data.max_len_ratio}), or check that the files hold text"
+            )
+        slices.append(CorpusSlice(name, corpus.weight, sum(s.kept for s in slices), report.kept))
+        parts.append(ds)
+        reports.append(report)
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return TrainPairs(ds, slices, reports)
+
+
+def check_tag(tokenizer: Tokenizer, tag: str, key: str) -> str:
+    """`tag` if the tokenizer has it as one piece, else a DataError naming the corpus's key."""
+    try:
+        tokenizer.tag_id(tag)
+    except DataError as e:
+        raise DataError(f"{key}.tag: {e}; a tokenizer from --init-from or trained before the tag was added"
+                        " lacks it (start a new run dir, or drop the tag)") from None
+    return tag
 
 
 def prepare_eval(
     split: SplitConfig, data: DataConfig, tokenizer: Tokenizer, name: str, cache_dir: Path | None
 ) -> datasets.Dataset:
-    """Load and encode dev/test pairs, unfiltered: BLEU is computed on every line."""
-    return encode_pairs(load_pairs(split, data, name, cache_dir), tokenizer, data.num_proc)
+    """Load and encode dev/test pairs (with the split's tag), unfiltered: BLEU is computed on every line."""
+    tag = split.tag and check_tag(tokenizer, split.tag, f"data.{name}")
+    return encode_pairs(load_pairs(split, data, name, cache_dir), tokenizer, data.num_proc, tag)
 
 
 def prepare_data(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path | None
-                 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+                 ) -> tuple[TrainPairs, datasets.Dataset | None]:
     """Encoded, filtered training pairs and encoded dev pairs (None without data.valid)."""
-    train_ds, _ = prepare_train(data, tokenizer, cache_dir)  # logs its drop report
+    train = prepare_train(data, tokenizer, cache_dir)  # logs its drop reports
     valid_ds = None
     if data.valid is not None:
         valid_ds = prepare_eval(data.valid, data, tokenizer, "valid", cache_dir)
         log.info("valid data: %d pairs", len(valid_ds))
     else:
         log.warning("no data.valid: no validation, no best.pt and no early stopping")
-    return train_ds, valid_ds
+    return train, valid_ds
 
 
 def dev_subset(valid_ds: datasets.Dataset, max_sentences: int | None) -> datasets.Dataset:

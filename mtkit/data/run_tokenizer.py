@@ -19,6 +19,7 @@ import yaml
 
 from mtkit import files
 from mtkit.config import Config, to_dict
+from mtkit.configcheck import corpus_key
 from mtkit.data.sources import load_pairs
 from mtkit.data.tokenizer import Tokenizer, train_tokenizer
 from mtkit.errors import TrainingError
@@ -27,9 +28,19 @@ log = logging.getLogger("mtkit")
 
 
 def tokenizer_settings(cfg: Config) -> dict[str, Any]:
-    """What the tokenizer depends on: if any of it changes, the tokenizer is trained again."""
-    return {"tokenizer": to_dict(cfg.tokenizer), "train": to_dict(cfg.data.train),
+    """What the tokenizer depends on: if any of it changes, the tokenizer is trained again. The
+    corpora's sources and tags count, their names and weights do not (it trains on all the text)."""
+    sources = [{k: v for k, v in to_dict(c).items() if k not in ("name", "weight")} for c in cfg.data.train]
+    if len(sources) == 1 and sources[0]["tag"] is None:
+        del sources[0]["tag"]  # one untagged corpus: the settings as saved before corpora had tags
+        sources = sources[0]
+    return {"tokenizer": to_dict(cfg.tokenizer), "train": sources,
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}
+
+
+def train_tags(cfg: Config) -> list[str]:
+    """data.train's tags, each once, in the order the corpora give them."""
+    return list(dict.fromkeys(c.tag for c in cfg.data.train if c.tag is not None))
 
 
 def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False, readonly: bool = False) -> Tokenizer:
@@ -50,10 +61,13 @@ def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False, readonly
         raise TrainingError(f"{tok_dir}: no tokenizer for this config; rank 0 should have trained it (was the"
                             " run dir changed during start-up?)")
     t0 = time.monotonic()
-    pairs = load_pairs(cfg.data.train, cfg.data, "train", cache_dir=run_dir / "cache")
-    log.info("tokenizer: training %s, vocab %d, %s on %d pairs ...", cfg.tokenizer.model_type,
-             cfg.tokenizer.vocab_size, "joint" if cfg.tokenizer.joint else "separate", len(pairs))
-    tok = train_tokenizer(cfg.tokenizer, iter_column(pairs, "src"), iter_column(pairs, "tgt"))
+    corpora = [load_pairs(c, cfg.data, corpus_key(cfg.data.train, i).removeprefix("data."), cache_dir=run_dir / "cache")
+               for i, c in enumerate(cfg.data.train)]
+    tags = train_tags(cfg)
+    log.info("tokenizer: training %s, vocab %d, %s on %d pairs%s ...", cfg.tokenizer.model_type,
+             cfg.tokenizer.vocab_size, "joint" if cfg.tokenizer.joint else "separate", sum(map(len, corpora)),
+             f", tags {' '.join(tags)} kept whole" if tags else "")
+    tok = train_tokenizer(cfg.tokenizer, iter_columns(corpora, "src"), iter_columns(corpora, "tgt"), tags)
     save_tokenizer(tok, tok_dir, wanted)
     log.info("tokenizer: vocab %d/%d saved in %s (%.1fs)", tok.src_vocab_size, tok.tgt_vocab_size,
              tok_dir, time.monotonic() - t0)
@@ -71,7 +85,8 @@ def save_tokenizer(tok: Tokenizer, tok_dir: Path, settings: dict[str, Any] | Non
         files.write_text(tok_dir / "settings.yaml", yaml.safe_dump(settings, sort_keys=False))
 
 
-def iter_column(ds: datasets.Dataset, column: str, chunk: int = 10_000) -> Iterator[str]:
-    """Stream one text column of an Arrow dataset without materialising it as a list."""
-    for start in range(0, len(ds), chunk):
-        yield from ds[start:start + chunk][column]
+def iter_columns(tables: list[datasets.Dataset], column: str, chunk: int = 10_000) -> Iterator[str]:
+    """Stream one text column of Arrow datasets, one after another, without materialising it as a list."""
+    for ds in tables:
+        for start in range(0, len(ds), chunk):
+            yield from ds[start:start + chunk][column]

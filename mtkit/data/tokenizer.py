@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,23 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self._tgt.get_piece_size()
 
-    def encode_src(self, texts: list[str]) -> list[list[int]]:
-        """Source sentences -> piece ids (no BOS/EOS)."""
-        return self._src.encode(list(texts), out_type=int)
+    def encode_src(self, texts: list[str], tag: str | None = None) -> list[list[int]]:
+        """Source sentences -> piece ids (no BOS/EOS); a `tag` (a corpus's tag, translate's --prefix)
+        goes first, as the one piece it is."""
+        ids = self._src.encode(list(texts), out_type=int)
+        if tag is None:
+            return ids
+        first = self.tag_id(tag)
+        return [[first, *x] for x in ids]
+
+    def tag_id(self, tag: str) -> int:
+        """The source piece id of a tag. Raises DataError when the vocabulary lacks it as one piece
+        (tags become pieces when the tokenizer is trained: data.train's `tag`)."""
+        piece = self._src.piece_to_id(tag)
+        if piece == UNK_ID or piece in SPECIAL_IDS:
+            raise DataError(f"tag {tag!r}: not a piece of this model's source vocabulary; tags are the `tag`s of"
+                            " data.train when its tokenizer was trained")
+        return piece
 
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
         """Target sentences -> piece ids (no BOS/EOS)."""
@@ -153,7 +167,8 @@ class Tokenizer:
         return f"Tokenizer({kind}, src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size})"
 
 
-def train_tokenizer(cfg: TokenizerConfig, src_texts: Iterable[str], tgt_texts: Iterable[str]) -> Tokenizer:
+def train_tokenizer(cfg: TokenizerConfig, src_texts: Iterable[str], tgt_texts: Iterable[str],
+                    tags: Sequence[str] = ()) -> Tokenizer:
     """Train SentencePiece in memory on the training text.
 
     SentencePiece samples `cfg.input_sentence_size` sentences (shuffled), so huge corpora train in
@@ -166,6 +181,8 @@ def train_tokenizer(cfg: TokenizerConfig, src_texts: Iterable[str], tgt_texts: I
             reads them again; a one-shot iterator (e.g. a generator) is replayed from a copy kept
             while it holds at most REPLAY_LIMIT sentences.
         tgt_texts: target sentences, likewise.
+        tags: pieces that must stay whole (data.train's tags, e.g. "<BT>"): SentencePiece
+            user-defined symbols of the source vocabulary (the joint one, or the source model).
 
     Returns:
         A joint Tokenizer if `cfg.joint`, else one with a model per side.
@@ -175,14 +192,14 @@ def train_tokenizer(cfg: TokenizerConfig, src_texts: Iterable[str], tgt_texts: I
     """
     src_texts, tgt_texts = _replayable(src_texts), _replayable(tgt_texts)
     if cfg.joint:
-        return Tokenizer(_train_model(cfg, [src_texts, tgt_texts], "joint"))
-    return Tokenizer(_train_model(cfg, [src_texts], "source"), _train_model(cfg, [tgt_texts], "target"))
+        return Tokenizer(_train_model(cfg, [src_texts, tgt_texts], "joint", tags))
+    return Tokenizer(_train_model(cfg, [src_texts], "source", tags), _train_model(cfg, [tgt_texts], "target"))
 
 
 # ----------------------------------------------------------------------------- internals
 
 
-def _train_model(cfg: TokenizerConfig, sources: list[Iterable[str]], side: str) -> bytes:
+def _train_model(cfg: TokenizerConfig, sources: list[Iterable[str]], side: str, tags: Sequence[str] = ()) -> bytes:
     """Train one SentencePiece model, lowering the vocabulary size if SentencePiece asks to."""
     vocab_size = cfg.vocab_size
     for _ in range(4):  # a lowered size is normally accepted at once; never loop forever
@@ -200,6 +217,7 @@ def _train_model(cfg: TokenizerConfig, sources: list[Iterable[str]], side: str) 
                 shuffle_input_sentence=True,
                 pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+                user_defined_symbols=list(tags),  # always one piece, never split (ids follow the special ones)
                 minloglevel=2,  # keep SentencePiece's progress chatter off stderr
             )
             if too_long["lines"]:

@@ -35,7 +35,7 @@ from mtkit import extras, files
 from mtkit.config import Config, DecodeConfig, from_plain_dict, to_dict
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from mtkit.decoding.search_state import output_limit
-from mtkit.decoding.settings import decode_overrides, decode_settings
+from mtkit.decoding.settings import check_prefix, decode_overrides, decode_settings
 from mtkit.decoding.workers import resolve_workers, threads_per_worker
 from mtkit.errors import ConfigError, DataError
 from mtkit.hardware import resolve_device
@@ -235,6 +235,7 @@ def load_engine(path: str | Path, device: str = "auto", overrides: list[str] | t
     if tok is None:
         raise DataError(f"{p / 'tokenizer'}: no SentencePiece model; export the model again")
     decode = decode_settings(decode_overrides(cfg, overrides).decode, **flags)
+    check_prefix(tok, decode, cfg)
     if positions_needed(decode) > positions_needed(cfg.decode):
         raise ConfigError(f"--set decode.*: {p} was exported for inputs of up to {cfg.decode.max_input_tokens} tokens"
                           f" and outputs of {cfg.decode.max_len_a} x input + {cfg.decode.max_len_b}; export again"

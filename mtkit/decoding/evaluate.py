@@ -8,6 +8,7 @@ validation did (its train.valid_tokenize and train.valid_chrf_word_order).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ def evaluate(model: str | list[str] | None, src: Path | None, ref: Path | None, 
         greedy = True
     first = model[0] if isinstance(model, list) else model
     cfg = model_config(first)
+    if valid and cfg.data.valid is not None and cfg.data.valid.tag is not None:  # as validation encoded it
+        overrides = [*overrides, f"decode.prefix={json.dumps(cfg.data.valid.tag)}"]
     base = validation_scoring(cfg) if valid else Scoring(cfg.data.tgt_lang)
     scoring = Scoring(tgt_lang or base.tgt_lang, tokenize or base.tokenize,
                       base.chrf_word_order if chrf_word_order is None else chrf_word_order)

@@ -73,7 +73,7 @@ def score_pairs(model: Any, tokenizer: Any, srcs: list[str], tgts: list[str], de
         raise ValueError(f"score_pairs: {len(srcs)} sources but {len(tgts)} targets")
     out: list[PairScore | None] = [None] * len(srcs)
     todo = [i for i, s in enumerate(srcs) if s.strip()]
-    src_ids = tokenizer.encode_src([srcs[i].strip() for i in todo]) if todo else []
+    src_ids = tokenizer.encode_src([srcs[i].strip() for i in todo], decode.prefix) if todo else []
     tgt_ids = tokenizer.encode_tgt([tgts[i].strip() for i in todo]) if todo else []
     pairs: dict[int, tuple[list[int], list[int]]] = {}  # line index -> (source ids, target ids)
     for i, s, t in zip(todo, src_ids, tgt_ids):

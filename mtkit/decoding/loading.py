@@ -16,7 +16,7 @@ from mtkit.data.tokenizer import Tokenizer
 from mtkit.decoding import ct2, engine_speed
 from mtkit.decoding.ensemble import Ensemble, same_tokenizer
 from mtkit.decoding.precision import cast_for_decoding
-from mtkit.decoding.settings import decode_overrides, decode_settings
+from mtkit.decoding.settings import check_prefix, decode_overrides, decode_settings
 from mtkit.errors import ConfigError
 from mtkit.hardware import resolve_device
 from mtkit.memory import keep_freed_memory
@@ -57,6 +57,7 @@ def load_for_decoding(model_path: str | Path | list, device: str = "auto", overr
     same_tokenizer([str(p) for p in paths], [tok for _, tok, _ in loaded])
     _, tok, cfg = loaded[0]
     decode = decode_settings(decode_overrides(cfg, overrides).decode, **flags)
+    check_prefix(tok, decode, cfg)
     models = [cast_for_decoding(model, decode.precision, device) for model, _, _ in loaded]  # (model, precision)
     model = models[0][0] if len(models) == 1 else Ensemble([m for m, _ in models], weights)
     if device == "cpu" and (line := engine_speed.hint(paths[0], engine_speed.ct2_int8_speedup())):

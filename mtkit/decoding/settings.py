@@ -10,7 +10,8 @@ from dataclasses import replace
 from typing import Any
 
 from mtkit.config import Config, DecodeConfig, apply_overrides
-from mtkit.errors import ConfigError
+from mtkit.data.tokenizer import Tokenizer
+from mtkit.errors import ConfigError, DataError
 
 
 def decode_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -19,6 +20,19 @@ def decode_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Con
     if bad:
         raise ConfigError(f"--set {bad[0]!r}: only decode.* keys can be changed when translating")
     return apply_overrides(cfg, list(overrides), where="--set") if overrides else cfg
+
+
+def check_prefix(tokenizer: Tokenizer, decode: DecodeConfig, cfg: Config) -> None:
+    """decode.prefix (--prefix) must be a tag the model was trained with: one piece of its vocabulary."""
+    if decode.prefix is None:
+        return
+    try:
+        tokenizer.tag_id(decode.prefix)
+    except DataError:
+        splits = [*cfg.data.train, cfg.data.valid, cfg.data.test]
+        tags = list(dict.fromkeys(s.tag for s in splits if s is not None and s.tag is not None))
+        known = f"its tags are {', '.join(tags)}" if tags else "it was trained without tags (data.train's tag)"
+        raise ConfigError(f"--prefix {decode.prefix!r}: not a tag of this model; {known}") from None
 
 
 def decode_settings(base: DecodeConfig, beam: int | None = None, greedy: bool = False, nbest: int | None = None,

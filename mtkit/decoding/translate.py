@@ -63,7 +63,7 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     # Rows to decode, keyed (line, sample): with decode.sample each of a line's nbest samples is a row.
     # Longest first: similar lengths share a batch (little padding), and a batch that does not fit
     # in memory shows up at once rather than at the end of a long job.
-    rows = [((i, j), src) for i, src in _within_limit(tokenizer, lines, decode.max_input_tokens, first_line_no)
+    rows = [((i, j), src) for i, src in _within_limit(tokenizer, lines, decode, first_line_no)
             for j in range(decode.nbest if decode.sample else 1)]
     rows.sort(key=lambda item: -len(item[1]))
 
@@ -92,12 +92,13 @@ def translate_lines(model, tokenizer, lines: list[str], decode: DecodeConfig, de
     return out
 
 
-def _within_limit(tokenizer, lines: list[str], max_tokens: int, first_line_no: int) -> list[tuple[int, list[int]]]:
-    """(index, source ids) of the non-blank lines of at most `max_tokens` pieces; a warning names
-    each longer one (its output stays empty)."""
+def _within_limit(tokenizer, lines: list[str], decode: DecodeConfig, first_line_no: int) -> list[tuple[int, list[int]]]:
+    """(index, source ids, decode.prefix's tag first) of the non-blank lines of at most
+    decode.max_input_tokens pieces; a warning names each longer one (its output stays empty)."""
+    max_tokens = decode.max_input_tokens
     todo = [i for i, line in enumerate(lines) if line.strip()]
     keep = []
-    for i, src in zip(todo, tokenizer.encode_src([lines[i].strip() for i in todo]) if todo else []):
+    for i, src in zip(todo, tokenizer.encode_src([lines[i].strip() for i in todo], decode.prefix) if todo else []):
         if len(src) > max_tokens:
             log.warning("line %d: %d source tokens exceed decode.max_input_tokens=%d; output left empty",
                         first_line_no + i, len(src), max_tokens)

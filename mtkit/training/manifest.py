@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,20 @@ def build(cfg: Config, tokenizer: Tokenizer, device: str, precision: str, proces
                     "processes": processes, "cpu": report["cpu"], "cpu_capability": report["cpu_capability"],
                     "cpu_native_bf16": report["cpu_native_bf16"], "platform": report["platform"],
                     "gpus": report["gpus"]},
-        "data": {name: split_files(split) for name, split in
-                 (("train", cfg.data.train), ("valid", cfg.data.valid), ("test", cfg.data.test)) if split is not None},
+        "data": {"train": train_files(cfg.data.train)} | {
+            name: split_files(split) for name, split in (("valid", cfg.data.valid), ("test", cfg.data.test))
+            if split is not None},
         "tokenizer_sha256": hashlib.sha256(b"".join(tokenizer.to_bytes().values())).hexdigest(),
         "metric_signatures": metric_signatures(),
     }
     return json.loads(json.dumps(manifest))  # plain JSON types: the checkpoint holds what manifest.json holds
+
+
+def train_files(corpora: Sequence[SplitConfig]) -> dict[str, Any]:
+    """split_files of the training corpus, or {"corpora": [split_files of each]} for several."""
+    if len(corpora) == 1:
+        return split_files(corpora[0])
+    return {"corpora": [split_files(c) for c in corpora]}
 
 
 def split_files(split: SplitConfig) -> dict[str, Any]:
@@ -92,15 +101,24 @@ def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], checkpoin
     manifest): the saved position in the epoch would then point into other data. Moved files with
     the same contents are fine; checkpoints from before manifests are not checked."""
     def content(source: dict[str, Any] | None) -> Any:  # what the files hold, not where they are
+        if source and "corpora" in source:
+            return [content(c) for c in source["corpora"]]
         return [f["sha256"] for f in source["files"]] if source and "files" in source else source
 
     if saved is None or content(saved["data"].get("train")) == content(now["data"]["train"]):
         return
-    before = {f["path"]: f["sha256"] for f in saved["data"]["train"].get("files", [])}
-    after = {f["path"]: f["sha256"] for f in now["data"]["train"].get("files", [])}
+    before = {f["path"]: f["sha256"] for f in source_files(saved["data"]["train"])}
+    after = {f["path"]: f["sha256"] for f in source_files(now["data"]["train"])}
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p)) or ["the source"]
     raise DataError(f"{checkpoint}: the training data changed since it was saved ({', '.join(changed)}); restore"
                     " the files to resume, or start this run afresh with --overwrite")
+
+
+def source_files(source: dict[str, Any]) -> list[dict[str, Any]]:
+    """The file entries of a split's manifest entry (of every corpus, for several)."""
+    if "corpora" in source:
+        return [f for c in source["corpora"] for f in source_files(c)]
+    return source.get("files", [])
 
 
 def manifest_of(model_path: str | Path) -> dict[str, Any]:
@@ -124,11 +142,13 @@ def format_manifest(manifest: dict[str, Any]) -> str:
         f" process(es); {m['cpu']} ({m['cpu_capability']}); {m['platform']}",
         f"tokenizer sha256: {manifest['tokenizer_sha256']}",
     ]
-    for split, source in manifest["data"].items():
-        if "hub" in source:
-            lines.append(f"{split}: hub {source['hub']} {source.get('hub_config') or ''} split {source['split']}")
-        for f in source.get("files", []):
-            lines.append(f"{split}: {f['path']} ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
+    for split, entry in manifest["data"].items():
+        named = [(f"{split}[{i}]", c) for i, c in enumerate(entry["corpora"])] if "corpora" in entry else [(split, entry)]
+        for name, source in named:
+            if "hub" in source:
+                lines.append(f"{name}: hub {source['hub']} {source.get('hub_config') or ''} split {source['split']}")
+            for f in source.get("files", []):
+                lines.append(f"{name}: {f['path']} ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
     lines += [f"{k} signature: {sig}" for k, sig in manifest["metric_signatures"].items()]
     return "\n".join(lines)
 

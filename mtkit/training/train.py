@@ -59,7 +59,7 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
         run = prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
         if run.lock is not None:
             cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
-        train_ds, valid_ds = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
+        train, valid_ds = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
         if world.is_main:
             distributed.barrier(world)
             file_log = add_log_file(run.dir / "train.log")
@@ -72,4 +72,4 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
         metrics = MetricsWriter(run.dir / "metrics.jsonl" if world.is_main else None)
         cleanup.callback(metrics.close)
         cleanup.callback(close_progress_bar)
-        return Trainer.build(cfg, run, train_ds, valid_ds, world, device, metrics).run()
+        return Trainer.build(cfg, run, train, valid_ds, world, device, metrics).run()

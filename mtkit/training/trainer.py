@@ -22,7 +22,9 @@ import torch
 from mtkit.config import Config
 from mtkit.configcheck import parse_duration
 from mtkit.data.batching import TokenBatchSampler
+from mtkit.data.mixing import CorpusMix
 from mtkit.data.padding import make_batch
+from mtkit.data.pairs import TrainPairs
 from mtkit.data.tokenizer import PAD_ID
 from mtkit.errors import TrainingError
 from mtkit.hardware import resolve_precision
@@ -43,7 +45,7 @@ from mtkit.training.ema import EMA, make_ema
 from mtkit.training.interrupt import Interrupted, StopFlag
 from mtkit.training.rundir import Run, Saver
 from mtkit.training.runlog import MetricsWriter, format_seconds, progress_bar
-from mtkit.training.sampling import draw_group, epoch_sampler, pad_multiple, rows
+from mtkit.training.sampling import draw_group, epoch_sampler, mix_line, pad_multiple, rows
 from mtkit.training.schedule import cooldown_factor, inverse_sqrt_lr
 from mtkit.training.state import Progress, restore, rng_state, seed_everything
 from mtkit.training.step import Learner, Outcome, make_learner, make_optimizer, make_scaler
@@ -56,10 +58,11 @@ class Trainer:
     """Holds the model (through its Learner), optimizer, scaler, sampler, progress and world of one run."""
 
     def __init__(self, cfg: Config, run: Run, world: World, device: str, learner: Learner,
-                 sampler: TokenBatchSampler, train_ds: datasets.Dataset, progress: Progress, ema: EMA | None,
+                 sampler: TokenBatchSampler, mix: CorpusMix | None, train_ds: datasets.Dataset, progress: Progress,
+                 ema: EMA | None,
                  validator: Validator | None, metrics: MetricsWriter, run_manifest: dict | None):
         self.cfg, self.t, self.run_dir, self.world, self.device = cfg, cfg.train, run.dir, world, device
-        self.learner, self.sampler, self.train_ds, self.progress = learner, sampler, train_ds, progress
+        self.learner, self.sampler, self.mix, self.train_ds, self.progress = learner, sampler, mix, train_ds, progress
         self.ema, self.validator, self.metrics, self.manifest = ema, validator, metrics, run_manifest
         self.served = ema.model if ema is not None else learner.model  # what validation scores and checkpoints hold
         self.saver = Saver(run.dir, cfg, run.tokenizer, self.t.keep_last)
@@ -70,12 +73,12 @@ class Trainer:
         self.bad_steps = 0  # skipped updates in a row (non-finite or out of memory)
 
     @classmethod
-    def build(cls, cfg: Config, run: Run, train_ds: datasets.Dataset, valid_ds: datasets.Dataset | None,
+    def build(cls, cfg: Config, run: Run, train: TrainPairs, valid_ds: datasets.Dataset | None,
               world: World, device: str, metrics: MetricsWriter) -> Trainer:
         """Everything a run trains with, resumed from the run dir's checkpoint when it has one."""
         t, tok = cfg.train, run.tokenizer
         seed_everything(cfg.seed)
-        sampler = epoch_sampler(cfg, train_ds, world, device)
+        sampler, mix = epoch_sampler(cfg, train, world, device)
         # auto -> bf16 where the device multiplies it natively, fp32 elsewhere (hardware.py says why).
         precision, why = resolve_precision(t.precision, device, warn=world.is_main)
         log.info("precision: %s", why)
@@ -95,9 +98,9 @@ class Trainer:
                  f", {world.size} processes (effective batch {world.size * t.accum_steps} x {t.batch_tokens} tokens)"
                  if world.distributed else "")
         metrics.write("start", step=progress.step, params=model.num_parameters(), device=device, precision=precision,
-                      train_pairs=len(train_ds), batches_per_epoch=len(sampler), processes=world.size)
+                      train_pairs=len(train.ds), batches_per_epoch=len(sampler), processes=world.size)
         validator = Validator(valid_ds, tok, cfg, device) if valid_ds is not None and world.is_main else None
-        return cls(cfg, run, world, device, learner, sampler, train_ds, progress, ema, validator, metrics,
+        return cls(cfg, run, world, device, learner, sampler, mix, train.ds, progress, ema, validator, metrics,
                    run_manifest)
 
     def run(self) -> dict[str, Any]:
@@ -162,6 +165,8 @@ class Trainer:
         on all processes, by which the loss is normalised."""
         drawn = draw_group(self.batches, self.sampler, self.t.accum_steps)  # [(epoch, batch indices)]
         self.switch_dropout(drawn[0][0])
+        if self.mix is not None and len(self.mix.slices) > 1 and self.sampler.state_dict()["position"] == len(drawn):
+            self.report_mix(drawn[0][0])  # the epoch's first update
         group = [make_batch(*rows(self.train_ds, ids), pad_to=self.pad_to) for _, ids in drawn]
         local_tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in group)
         (n_tokens,) = distributed.agree(self.world, [local_tokens], "sum")
@@ -174,6 +179,11 @@ class Trainer:
             self.learner.model.set_dropout(self.dropout_on)
             if self.cfg.model.dropout or self.cfg.model.attention_dropout:
                 log.info("dropout %s from epoch %d", "on" if self.dropout_on else "off", epoch + 1)
+
+    def report_mix(self, epoch: int) -> None:
+        """Several corpora: how many pairs each gives this epoch, in the log and metrics.jsonl."""
+        log.info("epoch %d draws %s", epoch + 1, mix_line(self.mix, epoch))
+        self.metrics.write("epoch", step=self.progress.step, epoch=epoch, corpus_pairs=self.mix.counts(epoch))
 
     def set_lr(self) -> float:
         """The paper's schedule for the next update, times the cooldown over the budget's end."""

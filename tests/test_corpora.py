@@ -1,0 +1,214 @@
+"""Several training corpora: weights, tags, what each epoch draws, resume, and the copy/reverse mix
+that one model learns from them (issue 27, part 1)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mtkit.cli import app
+from mtkit.config import CorpusConfig, DataConfig, SplitConfig, load_config
+from mtkit.data.mixing import CorpusMix, CorpusSlice, corpus_names, epoch_draws
+from mtkit.data.synthetic import write_task
+from mtkit.data.upsample import upsample_index
+from mtkit.errors import ConfigError
+from tests.test_cli import _mtkit, sets
+from tests.tinyrun import TINY, same_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def corpora_json(*corpora: dict) -> str:
+    return "data.train=" + json.dumps(list(corpora))
+
+
+def two_corpora(root: Path, n: int = 400) -> list[str]:
+    """--set items for a reverse corpus (weight 1) and a copy corpus tagged <copy> (weight 0.5)."""
+    write_task(root / "rev", task="reverse", train=n, dev=30, test=200, seed=1)
+    write_task(root / "copy", task="copy", train=n, dev=30, test=200, seed=2)
+    return [corpora_json({"src": str(root / "rev/train.src"), "tgt": str(root / "rev/train.tgt"), "name": "reverse"},
+                         {"src": str(root / "copy/train.src"), "tgt": str(root / "copy/train.tgt"), "weight": 0.5,
+                          "tag": "<copy>", "name": "copy"}),
+            f"data.valid.src={root / 'rev/dev.src'}", f"data.valid.tgt={root / 'rev/dev.tgt'}"]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_one_mapping_is_a_list_of_one_corpus_and_python_callers_still_pass_a_split():
+    one = load_config(None, ["data.train.src=a", "data.train.tgt=b"])
+    assert one.data.train == (CorpusConfig(src="a", tgt="b"),)
+    listed = load_config(None, [corpora_json({"src": "a", "tgt": "b"}, {"path": "c.tsv", "weight": 2, "tag": "<BT>"})])
+    assert [c.weight for c in listed.data.train] == [1.0, 2.0] and listed.data.train[1].tag == "<BT>"
+    assert DataConfig(train=SplitConfig(src="a", tgt="b")).train == (CorpusConfig(src="a", tgt="b"),)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"src": "a", "tgt": "b", "wieght": 2}, "data.train[1].wieght: unknown key; did you mean data.train[1].weight?"),
+    ({"src": "a", "tgt": "b", "weight": -1}, "data.train[1].weight: must be > 0 (got -1.0)"),
+    ({"src": "a", "tgt": "b", "weight": 0}, "data.train[1].weight: must be > 0 (got 0.0)"),
+    ({"src": "a", "tgt": "b", "tag": "<B T>"}, "data.train[1].tag: must be one word without spaces"),
+    ({"src": "a", "tgt": "b", "tag": "</s>"}, "data.train[1].tag: '</s>' is a special piece"),
+    ({"src": "a"}, "data.train[1].tgt: missing"),
+    ({"src": "a", "tgt": "b", "name": "first"}, "data.train[1].name: 'first' is also the name of data.train[0]"),
+])
+def test_a_bad_corpus_entry_is_one_error_line_naming_its_key(entry, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [corpora_json({"src": "x", "tgt": "y", "name": "first"}, entry)])
+    assert str(e.value).count("\n") == 0 and message in str(e.value), str(e.value)
+
+
+def test_data_train_must_be_a_mapping_or_a_non_empty_list():
+    for bad in ("data.train=[]", "data.train=3"):
+        with pytest.raises(ConfigError, match="data.train: expected a mapping or a list of one or more mappings"):
+            load_config(None, [bad])
+
+
+def test_corpus_names_default_to_tag_then_file_and_stay_unique():
+    corpora = [CorpusConfig(src="d/a.de", tgt="d/a.en"), CorpusConfig(src="e/a.de", tgt="e/a.en"),
+               CorpusConfig(path="x.tsv", tag="<BT>"), CorpusConfig(hub="wmt14", name="wmt")]
+    assert corpus_names(corpora) == ["a.de", "a.de#1", "<BT>", "wmt"]
+
+
+# ----------------------------------------------------------------------------- what an epoch draws
+
+
+def test_epoch_draws_follow_the_weights_and_add_up():
+    assert epoch_draws([100, 100], [1, 0.5]) == [133, 67]
+    assert epoch_draws([10, 1000], [1, 1]) == [505, 505]
+    assert epoch_draws([7, 5, 3], [1, 1, 1]) == [5, 5, 5]
+    for sizes, weights in (([3, 4, 5], [0.1, 0.7, 0.2]), ([1, 1], [1e-6, 1])):
+        assert sum(epoch_draws(sizes, weights)) == sum(sizes)
+
+
+def test_a_mix_draws_without_replacement_as_far_as_a_corpus_reaches_and_a_fresh_part_each_epoch():
+    small, large = CorpusSlice("small", 1.0, 0, 50), CorpusSlice("large", 1.0, 50, 950)
+    mix = CorpusMix([small, large], [None, None], seed=4)
+    assert mix.counts(0) == {"small": 500, "large": 500}
+    e0, e1 = mix(0), mix(1)
+    for rows in (e0, e1):
+        seen = Counter(rows.tolist())
+        assert {seen[i] for i in range(50)} == {10}  # each small pair exactly 10 times (500 / 50)
+        large_rows = [i for i in rows.tolist() if i >= 50]
+        assert len(large_rows) == len(set(large_rows)) == 500  # no large pair twice in an epoch
+    assert set(e0[e0 >= 50].tolist()) != set(e1[e1 >= 50].tolist())  # another half of it next epoch
+    assert np.array_equal(CorpusMix([small, large], [None, None], seed=4)(1), e1)  # a resume draws the same
+
+
+def test_an_uneven_repeat_differs_by_at_most_one_between_pairs():
+    a, b = CorpusSlice("a", 3.0, 0, 7), CorpusSlice("b", 1.0, 7, 100)
+    rows = CorpusMix([a, b], [None, None], seed=1)(0)
+    counts = Counter(i for i in rows.tolist() if i < 7)
+    assert sum(counts.values()) == epoch_draws([7, 100], [3, 1])[0] == 80
+    assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == 7
+
+
+def test_one_upsampled_corpus_draws_exactly_the_upsampled_rows():
+    """One corpus: the mix is upsampling alone, row for row (old runs resume the same)."""
+    src_lens = np.array([1, 5, 2, 7, 3, 9, 1])
+    rows = upsample_index(src_lens, 5, 3)
+    mix = CorpusMix([CorpusSlice("c", 2.5, 0, 7)], [[rows]], seed=9)
+    assert np.array_equal(mix(0), rows) and np.array_equal(mix(3), rows)
+
+
+def test_upsampling_applies_within_each_corpus_before_the_weights():
+    rows_a = upsample_index(np.array([1, 9, 9, 1]), 5, 3)  # 4 pairs -> 8 rows
+    mix = CorpusMix([CorpusSlice("a", 1.0, 0, 4), CorpusSlice("b", 1.0, 4, 8)], [[rows_a], None], seed=2)
+    assert mix.counts(0) == {"a": 8, "b": 8}  # an epoch of 8 + 8 rows, half each
+    got = Counter(mix(0).tolist())
+    assert got[1] == got[2] == 3 and got[0] == got[3] == 1  # corpus a: the upsampled rows as they are
+
+
+# ----------------------------------------------------------------------------- tags and the tokenizer
+
+
+def test_a_tag_is_one_piece_of_the_tokenizer_and_goes_first(tmp_path):
+    from mtkit.config import TokenizerConfig
+    from mtkit.data.tokenizer import Tokenizer, train_tokenizer
+
+    words = [f"ab{i % 7} cd{i % 5} <copy>" for i in range(300)]
+    tok = train_tokenizer(TokenizerConfig(vocab_size=40), words, words, tags=["<copy>", "<2de>"])
+    copy = tok.tag_id("<copy>")
+    assert tok.pieces("src")[copy] == "<copy>" and copy in tok.encode_src(["ab1 <copy> cd2"])[0]  # never split
+    assert tok.encode_src(["ab1 cd2"], tag="<2de>") == [[tok.tag_id("<2de>"), *tok.encode_src(["ab1 cd2"])[0]]]
+    tok.save(tmp_path / "tok")
+    assert Tokenizer.load(tmp_path / "tok").tag_id("<2de>") == tok.tag_id("<2de>")  # kept across runs
+    separate = train_tokenizer(TokenizerConfig(vocab_size=40, joint=False), words, words, tags=["<BT>"])
+    separate.tag_id("<BT>")  # the source model holds the tags
+
+
+def test_tokenizer_settings_of_one_untagged_corpus_are_as_before(tmp_path):
+    """Run dirs made before corpora had tags and weights keep their tokenizer."""
+    from mtkit.data.run_tokenizer import tokenizer_settings
+
+    one = load_config(None, ["data.train.src=a", "data.train.tgt=b"])
+    assert tokenizer_settings(one)["train"] == {
+        "src": "a", "tgt": "b", "path": None, "hub": None, "hub_config": None, "split": "train", "streaming": False,
+        "src_field": None, "tgt_field": None}
+    weighted = load_config(None, [corpora_json({"src": "a", "tgt": "b", "weight": 3, "name": "x"})])
+    assert tokenizer_settings(weighted) == tokenizer_settings(one)  # names and weights do not change pieces
+    tagged = load_config(None, [corpora_json({"src": "a", "tgt": "b", "tag": "<BT>"})])
+    assert tokenizer_settings(tagged) != tokenizer_settings(one)
+
+
+# ----------------------------------------------------------------------------- through training
+
+
+@pytest.mark.slow
+def test_a_tagged_copy_corpus_and_a_plain_reverse_corpus_train_one_model_that_does_both(tmp_path):
+    """The acceptance case: reverse (weight 1) and copy tagged <copy> (weight 0.5); the model copies
+    tagged input and reverses plain input, each >= 90% exact on held-out sentences."""
+    from mtkit.training.runlog import read_metrics
+    from mtkit.training.train import train
+
+    over = [f"run_dir={tmp_path / 'run'}", *two_corpora(tmp_path, n=10_000), "train.max_steps=1200",
+            "train.eval_every=600", "train.max_time=null"]
+    train(load_config(ROOT / "configs/tiny-reverse.yaml", over))
+    events = read_metrics(tmp_path / "run/metrics.jsonl")
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert epochs[0]["epoch"] == 0 and all(e["corpus_pairs"] == {"reverse": 13_333, "copy": 6_667} for e in epochs)
+    for task, prefix in (("rev", []), ("copy", ["--prefix", "<copy>"])):
+        out = tmp_path / f"{task}.hyp"
+        r = runner.invoke(app, ["translate", str(tmp_path / "run"), "-i", str(tmp_path / task / "test.src"),
+                                "-o", str(out), *prefix])
+        assert r.exit_code == 0, r.output
+        ref = (tmp_path / task / "test.tgt").read_text().splitlines()
+        exact = sum(h == t for h, t in zip(out.read_text().splitlines(), ref, strict=True)) / len(ref)
+        assert exact >= 0.9, f"{task}: exact match {exact:.3f}"
+    r = runner.invoke(app, ["translate", str(tmp_path / "run"), "--prefix", "<2de>"], input="ba de\n")
+    assert r.exit_code == 2 and "error: --prefix '<2de>': not a tag of this model; its tags are <copy>" in r.output
+    report = runner.invoke(app, ["data", "check", str(ROOT / "configs/tiny-reverse.yaml"), *sets(over)])
+    assert report.exit_code == 0, report.output
+    assert "train mix (weights; pairs per epoch): reverse 1: 13,333 (66.7%), copy 0.5: 6,667 (33.3%)" in report.output
+    assert "train[1] (copy): 10,000 pairs from" in report.output and ", tag <copy>" in report.output
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_with_several_corpora_equals_uninterrupted(tmp_path):
+    from mtkit.model.checkpoint import load_checkpoint
+    from mtkit.training.train import train
+
+    over = [f"run_dir={tmp_path / 'run'}", *two_corpora(tmp_path), *TINY, "train.max_steps=40",
+            "train.eval_every=10", "train.log_every=1", "data.upsample_min_len=8", "data.upsample_factor=2"]
+    p = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))
+    metrics = tmp_path / "run/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"step": 13,' not in (metrics.read_text() if metrics.exists() else ""):
+        time.sleep(0.05)
+    p.kill()
+    p.communicate(timeout=60)
+    assert p.returncode == -9 and 10 <= load_checkpoint(tmp_path / "run/last.pt")["step"] < 40
+    r = _mtkit("train", str(ROOT / "configs/base.yaml"), *sets(over))
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+    assert "corpora: reverse" in err and "copy: upsampling:" in err
+    straight = [o.replace(str(tmp_path / "run"), str(tmp_path / "straight")) for o in over]
+    train(load_config(ROOT / "configs/base.yaml", straight))
+    assert same_weights(tmp_path / "run/last.pt", tmp_path / "straight/last.pt")
