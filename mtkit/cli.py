@@ -29,6 +29,7 @@ from mtkit.cli_base import (
     PrefixOpt,
     SetOpt,
     WeightsOpt,
+    can_write,
     debug_on,
     handles_errors,
     with_prefix,
@@ -82,10 +83,12 @@ def tokenizer_cmd(
     """Train the SentencePiece tokenizer into RUN_DIR/tokenizer (train does this when missing)."""
     from mtkit.config import load_config
     from mtkit.data.run_tokenizer import get_tokenizer
+    from mtkit.data.sources import check_data_files
 
     cfg = load_config(config, set_ or [])
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_data_files(cfg.data)
+    can_write(run_dir, "run_dir", kind="folder")
     tok = get_tokenizer(cfg, run_dir, retrain=retrain)
     typer.echo(f"tokenizer: {run_dir / 'tokenizer'} (vocab {tok.src_vocab_size}"
                f"{'' if tok.joint else f'/{tok.tgt_vocab_size}'}, {'joint' if tok.joint else 'separate'})", err=True)
@@ -151,6 +154,7 @@ def translate_cmd(
     from mtkit.decoding.loading import load_for_decoding
     from mtkit.decoding.translate import translate_file
 
+    can_write(output)
     sampling = {"sample": sample or None, "topk": topk, "topp": topp, "temperature": temperature, "seed": seed}
     sets = [*with_prefix(set_, prefix), *(f"decode.{k}={str(v).lower() if k == 'sample' else v}" for k, v in sampling.items()
                              if v is not None)]
@@ -183,6 +187,7 @@ def score_cmd(
     from mtkit.decoding.forced import score_file
     from mtkit.decoding.loading import load_for_decoding
 
+    can_write(output)
     net, tok, decode, dev = load_for_decoding(model, device, with_prefix(set_, prefix), batch_tokens=batch_tokens,
                                               engine=engine)
     pairs = score_file(net, tok, decode, src, tgt, output, normalize=normalize, as_json=as_json, device=dev)
@@ -217,6 +222,7 @@ def evaluate_cmd(
     from mtkit.decoding.evaluate import evaluate
     from mtkit.decoding.scoring import format_scores
 
+    can_write(output)
     result = evaluate(model or None, src, ref, hyp, valid, device=device, overrides=with_prefix(set_, prefix), beam=beam,
                       greedy=greedy, batch_tokens=batch_tokens, engine=engine, output=output, tgt_lang=tgt_lang,
                       tokenize=tokenize, chrf_word_order=chrf_word_order, weights=parse_weights(weights))
@@ -239,6 +245,7 @@ def average_cmd(
     from mtkit.model.checkpoint import save_checkpoint
     from mtkit.tools.average import average_checkpoints, checkpoints_to_average
 
+    can_write(output)
     paths = checkpoints_to_average(list(checkpoints), last)
     if output.exists():
         log.warning("overwriting %s", output)
@@ -262,6 +269,7 @@ def export_cmd(
 
     if format != "ctranslate2":
         raise ConfigError(f"--format: only ctranslate2 is supported (got {format!r})")
+    can_write(output, kind="export")
     export(model, output, quantization, force, set_ or [])
     typer.echo(f"exported {model} -> {output} (CTranslate2, {quantization})", err=True)
 
@@ -287,6 +295,7 @@ def inspect_attention_cmd(
 
     if output is None and not as_json:
         raise ConfigError("give -o PICTURE (e.g. -o attn.png), or --json to print the weights")
+    can_write(output)
     net, tok, cfg = load_model(model, "cpu")
     maps = attention_maps(net, tok, src, tgt, cfg.decode.max_len_a, cfg.decode.max_len_b)
     if as_json:
@@ -315,6 +324,7 @@ def inspect_positions_cmd(
 
     if d_model < 2 or length < 1:
         raise ConfigError(f"--d-model must be >= 2 and --length >= 1 (got {d_model}, {length})")
+    can_write(output)
     draw_positions(position_table(d_model, length), output)
     typer.echo(f"position table {length} x {d_model} written to {output}", err=True)
 
@@ -328,6 +338,7 @@ def plot_cmd(
     """Training curves (train loss, dev ppl, dev BLEU, learning rate) of one or more runs."""
     from mtkit.training.curves import draw_curves
 
+    can_write(output)
     draw_curves(list(run_dirs), output)
     typer.echo(f"curves of {len(run_dirs)} run(s) written to {output}", err=True)
 

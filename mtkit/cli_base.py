@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+from pathlib import Path
 
 import typer
 
@@ -33,6 +34,32 @@ def with_prefix(sets: list[str] | None, prefix: str | None) -> list[str]:
     return [*(sets or []), *([f"decode.prefix={json.dumps(prefix)}"] if prefix is not None else [])]
 
 
+def can_write(path: Path | None, what: str = "-o", kind: str = "file") -> None:
+    """Before any work: the output `path` can be written (files.py). kind "file": a file goes there;
+    "folder": a folder mtkit writes into (made now); "export": a folder put there whole later."""
+    from mtkit import files
+
+    if path is None:
+        return
+    if kind == "file":
+        files.writable_file(path, what)
+    elif kind == "folder":
+        files.writable_dir(path, what)
+    else:
+        files.writable_dir(Path(path).absolute().parent, what, for_path=path)
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line: the file, what the system said, and a missing folder named."""
+    if e.filename is None:
+        return f"{e.strerror or e}"
+    where = Path(e.filename)
+    hint = ""
+    if not where.parent.exists():
+        hint = f"; its folder {where.parent} does not exist"
+    return f"{where}: {e.strerror or e}{hint}"
+
+
 def debug_on() -> bool:
     return STATE["debug"] or os.environ.get("MTKIT_DEBUG", "") not in ("", "0")
 
@@ -53,6 +80,11 @@ def handles_errors(fn):
             rank = os.environ.get("RANK", "0")  # under torchrun every process may report the same problem
             typer.echo(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # the system refused a read or write that no check foresaw (disk full, ...)
+            if debug_on():
+                raise
+            typer.echo(f"error: {os_error_line(e)}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if debug_on():
                 raise

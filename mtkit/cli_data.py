@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from mtkit.cli_base import SetOpt, handles_errors, log
+from mtkit.cli_base import SetOpt, can_write, handles_errors, log
 from mtkit.errors import ConfigError
 
 data_app = typer.Typer(help="Get and inspect corpora.", no_args_is_help=True)
@@ -27,6 +27,7 @@ def data_ding(
     """Build the Ding German-English corpus from Debian's trans-de-en package."""
     from mtkit.data.ding import build_ding
 
+    can_write(out, "--out", kind="folder")
     counts = build_ding(out, source=source, overwrite=overwrite)
     typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
 
@@ -44,6 +45,7 @@ def data_synthetic(
 
     if task not in ("copy", "reverse"):
         raise ConfigError(f"--task: expected copy or reverse (got {task!r})")
+    can_write(out, "--out", kind="folder")
     counts = write_task(out, task=task, train=train, seed=seed)
     typer.echo("  ".join(f"{k} {v}" for k, v in counts.items()) + f"  -> {out}", err=True)
 

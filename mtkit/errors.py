@@ -27,5 +27,9 @@ class CheckpointError(MtkitError):
     """A checkpoint is missing, truncated, foreign, or from a newer mtkit."""
 
 
+class OutputError(MtkitError):
+    """mtkit cannot write where it was told to: a folder it cannot create, no permission, read-only."""
+
+
 class TrainingError(MtkitError):
     """Training cannot go on (NaN loss, repeated out-of-memory, a refused resume)."""

@@ -24,9 +24,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mtkit.errors import OutputError
+
 TMP_SUFFIX = ".tmp"
 _RENAME_EXCHANGE = 2  # renameat2 flag, linux/fs.h
 _AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000  # linux/fcntl.h
+
+
+def writable_dir(folder: str | Path, what: str, for_path: Path | None = None) -> Path:
+    """Create `folder` (and its parents) if missing and check that files can be made in it; run it
+    before any work, so a bad output path fails at once, not after the work. `what` names the option
+    or key that gave the path in the error (e.g. "-o", "run_dir"); `for_path`: the file or folder
+    to be put in `folder`, which the error names."""
+    folder = Path(folder)
+    said = f"{what} {folder}: " if for_path is None else f"{what} {for_path}: its folder {folder} "
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{said}exists and is not a folder; choose another path") from None
+    except OSError as e:
+        raise OutputError(f"{said}cannot be created ({e.strerror}); choose a writable place") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # the one sure test (a permission check misses /proc, ...)
+            pass
+    except OSError as e:
+        raise OutputError(f"{said}cannot be written in ({e.strerror}); choose a writable place") from None
+    return folder
+
+
+def writable_file(path: str | Path, what: str) -> Path:
+    """`path`, after writable_dir made its folder: a file can be put there (a folder there cannot be replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a folder; give a file name")
+    writable_dir(path.absolute().parent, what, for_path=path)
+    return path
 
 
 @contextlib.contextmanager
@@ -99,8 +131,11 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
     block ends without an error, otherwise it is removed and `path` is left as it was."""
     path = Path(path)
     sweep(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(**_temp_naming(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(**_temp_naming(path)))
+    except OSError as e:  # about `path`, not the temporary name the user never gave
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would make it (mkdtemp: 0700)
     try:
         yield tmp
@@ -143,7 +178,10 @@ class _NewFile:
     def __init__(self, path: Path, text: bool = False) -> None:
         self.path = path
         sweep(path)
-        fd, self.named = _new_file(path)
+        try:
+            fd, self.named = _new_file(path)
+        except OSError as e:  # about `path`, not the temporary name the user never gave
+            raise OSError(e.errno, e.strerror, str(path)) from None
         self.file = os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8", "newline": "\n"} if text else {}))
 
     def place(self) -> None:

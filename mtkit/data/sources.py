@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from mtkit import files
 from mtkit.config import DataConfig, SplitConfig
+from mtkit.configcheck import corpus_key
 from mtkit.data import readers
 from mtkit.errors import DataError
 
@@ -29,6 +31,38 @@ log = logging.getLogger("mtkit")
 READER_VERSION = "1"  # part of every cache key; bump when the readers' output changes
 WRITE_BATCH = 20_000  # pairs per Arrow record batch written to the cache
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def check_data_files(data: DataConfig) -> None:
+    """Every file and folder the data section names (each training corpus, valid, test) exists and
+    can be opened: run before any work, so a wrong path fails in a second and not after tokenizer
+    training. Contents are checked when a split is read (load_pairs); hub datasets when loaded."""
+    named = [(corpus_key(data.train, i), c) for i, c in enumerate(data.train)]
+    named += [(f"data.{name}", s) for name, s in (("valid", data.valid), ("test", data.test)) if s is not None]
+    for key, split in named:
+        for field in ("src", "tgt", "path"):
+            if (value := getattr(split, field)) is not None:
+                _check_readable(Path(value), f"{key}.{field}", folder_ok=field == "path")
+
+
+def _check_readable(path: Path, key: str, folder_ok: bool) -> None:
+    where = f"{key}: {path.resolve()}"
+    if not path.exists():
+        raise DataError(f"{where}: file not found (relative paths start in the folder mtkit runs in)")
+    if path.is_dir():
+        if not folder_ok:
+            raise DataError(f"{where}: is a directory; give a file with one sentence per line")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise DataError(f"{where}: cannot read this folder (permission denied)")
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise DataError(f"{where}: cannot read ({e.strerror})") from None
 
 
 # ----------------------------------------------------------------------------- loading

@@ -57,7 +57,7 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
         raise TrainingError(f"run_dir {run_dir}: exists and is not a directory; choose another run_dir")
     lock = None
     if not readonly:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        files.writable_dir(run_dir, "run_dir")
         lock = lock_run_dir(run_dir)
     try:
         run = _open_run(cfg, run_dir, overwrite, for_training, init_from, readonly)

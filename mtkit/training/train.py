@@ -16,6 +16,7 @@ import torch
 
 from mtkit.config import Config
 from mtkit.data.pairs import prepare_data
+from mtkit.data.sources import check_data_files
 from mtkit.decoding.scoring import validation_scoring
 from mtkit.hardware import resolve_device
 from mtkit.memory import keep_freed_memory
@@ -42,7 +43,10 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     """
     keep_freed_memory()
     t = cfg.train
-    if cfg.data.valid is not None:  # a dev BLEU tokenizer that cannot run fails now, not after data preparation
+    # What can fail in a second fails now, not after tokenizer training and data preparation: every
+    # data file, the run dir, and a dev BLEU tokenizer that cannot run.
+    check_data_files(cfg.data)
+    if cfg.data.valid is not None:
         validation_scoring(cfg).check("train.valid_tokenize")
     world = distributed.world_from_env()
     if not world.is_main:

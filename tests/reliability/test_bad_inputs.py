@@ -6,6 +6,7 @@ The cases are listed in one table so the list of what was tried is readable in o
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -127,7 +128,49 @@ TRANSLATE_CASES = {
     "evaluate without --src or --hyp": (lambda t, m: ["evaluate", str(m), "--ref", str(write(t / "r", "a\n"))],
                                         2, "--src"),
 }
-CASES = {**CONFIG_CASES, **DATA_CASES, **CHECKPOINT_CASES, **TRANSLATE_CASES}
+def corpora(t: Path, *entries: dict) -> list[str]:
+    """`mtkit train` with data.train a list: a good corpus first, then `entries`."""
+    good = {"src": str(t / "data/train.src"), "tgt": str(t / "data/train.tgt")}
+    return at(t, "data.train", json.dumps([good, *entries]))
+
+
+def at(t: Path, key: str, value: str) -> list[str]:
+    """`mtkit train` on the tiny config with `key` set to `value`."""
+    sets = [*tiny_overrides(t, "run"), f"{key}={value}"]
+    return ["train", str(write(t / "c.yaml", "seed: 1\n")), *[x for o in sets for x in ("--set", o)]]
+
+
+# Corpus entries, and every path a command reads or writes: checked before any work starts.
+# (/proc takes no new files or folders, whoever asks: a place that cannot be written.)
+PATH_CASES = {
+    "missing test file": (lambda t, m: at(t, "data.test.src", t / "no.src") + ["--set", f"data.test.tgt={t / 'no.tgt'}"],
+                          1, "data.test.src"),
+    "missing valid file": (lambda t, m: at(t, "data.valid.tgt", t / "gone.tgt"), 1, "data.valid.tgt"),
+    "missing file in a second corpus": (lambda t, m: corpora(t, {"src": str(t / "bt.de"), "tgt": str(t / "bt.en")}),
+                                        1, "data.train[1].src"),
+    "corpus with an unknown key": (lambda t, m: corpora(t, {"path": "x.tsv", "wieght": 2}), 2, "data.train[1].wieght"),
+    "corpus with a negative weight": (lambda t, m: corpora(t, {"path": "x.tsv", "weight": -1}), 2,
+                                      "data.train[1].weight"),
+    "tag with a space": (lambda t, m: corpora(t, {"path": "x.tsv", "tag": "<B T>"}), 2, "data.train[1].tag"),
+    "run_dir that cannot be created": (lambda t, m: at(t, "run_dir", "/proc/mtkit-test/run"), 1,
+                                       "run_dir /proc/mtkit-test/run"),
+    "run_dir that is a file": (lambda t, m: at(t, "run_dir", write(t / "f", "x")), 1, "run_dir"),
+    "translate -o where nothing can be written": (lambda t, m: ["translate", str(m), "-i", str(write(t / "in", "a\n")),
+                                                                "-o", "/proc/mtkit-test/out.txt"], 1, "/proc/mtkit-test"),
+    "translate -o a folder": (lambda t, m: ["translate", str(m), "-i", str(write(t / "in", "a\n")), "-o", str(t)], 1,
+                              "is a folder"),
+    "score -o where nothing can be written": (lambda t, m: ["score", str(m), "--src", str(write(t / "s", "a\n")),
+                                                            "--tgt", str(write(t / "g", "b\n")), "-o", "/proc/o.txt"],
+                                              1, "-o /proc/o.txt"),
+    "export -o where nothing can be written": (lambda t, m: ["export", str(m), "-o", "/proc/ct2"], 1, "-o /proc/ct2"),
+    "plot -o where nothing can be written": (lambda t, m: ["plot", str(m.parent), "-o", "/proc/c.png"], 1,
+                                             "-o /proc/c.png"),
+    "data --out where nothing can be written": (lambda t, m: ["data", "synthetic", "--out", "/proc/syn"], 1,
+                                                "--out /proc/syn"),
+    "--prefix the model was not trained with": (lambda t, m: ["translate", str(m), "--prefix", "<2de>", "-i",
+                                                              str(write(t / "in", "a\n"))], 2, "--prefix '<2de>'"),
+}
+CASES = {**CONFIG_CASES, **DATA_CASES, **CHECKPOINT_CASES, **TRANSLATE_CASES, **PATH_CASES}
 
 
 @pytest.mark.slow
@@ -145,6 +188,14 @@ def test_bad_input_is_one_clear_error(name, tmp_path, model):
     # nothing left pretending to be complete, and the code in the evil pickle never ran
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_test_file_fails_before_any_work(tmp_path):
+    """data.test naming a missing file: one error line before the run dir or tokenizer exist."""
+    r = runner.invoke(app, at(tmp_path, "data.test.src", tmp_path / "no.src") + ["--set", "data.test.tgt=x"])
+    assert r.exit_code == 1 and "error: data.test.src:" in r.stderr and "file not found" in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
