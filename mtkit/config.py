@@ -79,6 +79,7 @@ class TokenizerConfig:
     joint: bool = True  # one vocabulary for both sides (needed for model.tie_embeddings)
     character_coverage: float = 1.0  # share of characters covered, in [0.98, 1]; < 1 maps rare ones to <unk>
     input_sentence_size: int = 2_000_000  # sentences sampled for training the tokenizer
+    input_bytes: int = 60_000_000  # ... and at most this much text (SentencePiece holds ~20x it in memory)
 
 
 @dataclass(frozen=True, kw_only=True)

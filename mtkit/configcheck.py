@@ -169,6 +169,7 @@ def _model_problems(p: _Problems, tok: Any, m: Any) -> None:
     if not 0.98 <= tok.character_coverage <= 1.0:  # SentencePiece refuses anything lower
         p.append(f"tokenizer.character_coverage: must be in [0.98, 1] (got {tok.character_coverage})")
     p.positive("tokenizer.input_sentence_size", tok.input_sentence_size)
+    p.positive("tokenizer.input_bytes", tok.input_bytes)
     for key in ("d_model", "heads", "d_ff", "encoder_layers", "decoder_layers"):
         p.positive(f"model.{key}", getattr(m, key))
     if m.d_model > 0 and m.heads > 0 and m.d_model % m.heads:

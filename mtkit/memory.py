@@ -1,4 +1,7 @@
-"""Process memory: how freed tensor memory is reused, and the peak resident size for the logs.
+"""Process memory: how freed tensor memory is reused, and the peak resident size for the logs,
+told apart by kind: anonymous memory (what the process itself holds: tensors, arrays, the heap
+kept for reuse) and file-backed pages (memory-mapped Arrow data and libraries, which the kernel
+drops and reads again when memory runs short). Only the first can run a machine out of memory.
 
 PyTorch's CPU tensors come straight from malloc. glibc serves a block over its mmap threshold (at
 most 32 MB) with a fresh mmap and unmaps it on free, so every large activation, logit or gradient
@@ -48,6 +51,17 @@ def keep_freed_memory() -> bool:
     return applied
 
 
+def release_freed_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's malloc_trim) after a phase that used
+    much and freed it (tokenizer training, data preparation): keep_freed_memory keeps up to 1 GB of
+    it otherwise, and encoding workers forked later would start with it counted as theirs."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            pass
+
+
 # oneDNN (bf16 matmuls on the CPU) builds a kernel for every new matmul shape and keeps up to
 # 1,024 of them; token-budget batches come in hundreds of shapes, so in bf16 training the kept
 # kernels and their buffers grew the heap by GBs. A few per layer shape suffice.
@@ -61,12 +75,53 @@ def bound_kernel_cache() -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_KERNEL_CACHE))
 
 
+_PEAKS = {"anon": 0, "file": 0}  # the largest of each kind note_memory saw in this process
+
+
+def rss_now_mb() -> dict[str, int]:
+    """This process's resident memory now, in MB: "anon" (RssAnon) and "file" (RssFile + RssShmem,
+    mapped files); empty where /proc/self/status does not say (not Linux)."""
+    kinds = {"RssAnon": "anon", "RssFile": "file", "RssShmem": "file"}
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in kinds:
+                    out[kinds[key]] = out.get(kinds[key], 0) + int(value.split()[0]) // 1024
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def note_memory() -> dict[str, int]:
+    """Sample rss_now_mb into the peaks (the kernel keeps no peak per kind); returns the sample.
+    Called where memory is highest: after data preparation, at every log line and validation."""
+    now = rss_now_mb()
+    for kind, mb in now.items():
+        _PEAKS[kind] = max(_PEAKS[kind], mb)
+    return now
+
+
 def peak_memory_mb(device: str) -> dict[str, int]:
-    """This process's peak resident memory (and the GPU's peak allocation on CUDA), in MB."""
-    peak = {"rss": peak_rss_mb()}
+    """This process's peak resident memory, its sampled peaks of anonymous and file-backed memory
+    (note_memory; absent off Linux), and the GPU's peak allocation on CUDA, in MB."""
+    note_memory()
+    peak = {"rss": peak_rss_mb(), **{k: v for k, v in _PEAKS.items() if v}}
     if device.startswith("cuda"):
         peak["gpu"] = torch.cuda.max_memory_allocated(device) // 2**20
     return peak
+
+
+def memory_line(mb: dict[str, int]) -> str:
+    """E.g. "rss 3,390 MB (anonymous 2,473 MB, file-backed 264 MB)"; GPU memory after it."""
+    parts = [f"rss {mb['rss']:,} MB"] if "rss" in mb else []
+    kinds = [f"{name} {mb[k]:,} MB" for k, name in (("anon", "anonymous"), ("file", "file-backed")) if k in mb]
+    if kinds:
+        parts.append(f"({', '.join(kinds)})" if parts else ", ".join(kinds))
+    if "gpu" in mb:
+        parts.append(f"gpu {mb['gpu']:,} MB")
+    return " ".join(parts)
 
 
 def peak_rss_mb() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,13 @@ import datasets
 import yaml
 
 from mtkit import files
-from mtkit.config import Config, to_dict
+from mtkit.config import Config, TokenizerConfig, to_dict
 from mtkit.configcheck import corpus_key
 from mtkit.data.sources import load_pairs
 from mtkit.data.tokenizer import Tokenizer, train_tokenizer
+from mtkit.data.tokenizer_sample import sample_size, sample_text
 from mtkit.errors import TrainingError
+from mtkit.memory import release_freed_memory
 
 log = logging.getLogger("mtkit")
 
@@ -34,7 +36,10 @@ def tokenizer_settings(cfg: Config) -> dict[str, Any]:
     if len(sources) == 1 and sources[0]["tag"] is None:
         del sources[0]["tag"]  # one untagged corpus: the settings as saved before corpora had tags
         sources = sources[0]
-    return {"tokenizer": to_dict(cfg.tokenizer), "train": sources,
+    tokenizer = to_dict(cfg.tokenizer)
+    if tokenizer["input_bytes"] == TokenizerConfig().input_bytes:
+        del tokenizer["input_bytes"]  # the default: the settings as saved before the key existed
+    return {"tokenizer": tokenizer, "train": sources,
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}
 
 
@@ -67,7 +72,8 @@ def get_tokenizer(cfg: Config, run_dir: Path, *, retrain: bool = False, readonly
     log.info("tokenizer: training %s, vocab %d, %s on %d pairs%s ...", cfg.tokenizer.model_type,
              cfg.tokenizer.vocab_size, "joint" if cfg.tokenizer.joint else "separate", sum(map(len, corpora)),
              f", tags {' '.join(tags)} kept whole" if tags else "")
-    tok = train_tokenizer(cfg.tokenizer, iter_columns(corpora, "src"), iter_columns(corpora, "tgt"), tags)
+    tok = train_tokenizer(cfg.tokenizer, *training_text(cfg.tokenizer, corpora), tags)
+    release_freed_memory()  # SentencePiece's working memory, before the data are prepared
     save_tokenizer(tok, tok_dir, wanted)
     log.info("tokenizer: vocab %d/%d saved in %s (%.1fs)", tok.src_vocab_size, tok.tgt_vocab_size,
              tok_dir, time.monotonic() - t0)
@@ -85,8 +91,18 @@ def save_tokenizer(tok: Tokenizer, tok_dir: Path, settings: dict[str, Any] | Non
         files.write_text(tok_dir / "settings.yaml", yaml.safe_dump(settings, sort_keys=False))
 
 
-def iter_columns(tables: list[datasets.Dataset], column: str, chunk: int = 10_000) -> Iterator[str]:
-    """Stream one text column of Arrow datasets, one after another, without materialising it as a list."""
-    for ds in tables:
-        for start in range(0, len(ds), chunk):
-            yield from ds[start:start + chunk][column]
+def training_text(cfg: TokenizerConfig, corpora: list[datasets.Dataset]) -> tuple[Iterable[str], Iterable[str]]:
+    """(source text, target text) to train on, each sampled within tokenizer.input_sentence_size
+    and input_bytes (tokenizer_sample.py); a joint vocabulary's sample covers both sides at once,
+    handed over as the source text."""
+    sides = [["src", "tgt"]] if cfg.joint else [["src"], ["tgt"]]
+    texts = []
+    for columns in sides:
+        total, nbytes, take = sample_size(corpora, columns, cfg.input_sentence_size, cfg.input_bytes)
+        if take < total:
+            log.info("tokenizer: a sample of %s of %s %s sentences (%s of %s MB; tokenizer.input_sentence_size"
+                     " %s, input_bytes %s)", f"{take:,}", f"{total:,}", "/".join(columns),
+                     f"{nbytes * take // total // 2**20:,}", f"{nbytes // 2**20:,}", f"{cfg.input_sentence_size:,}",
+                     f"{cfg.input_bytes:,}")
+        texts.append(sample_text(corpora, columns, take))
+    return (texts[0], ()) if cfg.joint else (texts[0], texts[1])

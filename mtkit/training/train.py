@@ -19,7 +19,7 @@ from mtkit.data.pairs import prepare_data
 from mtkit.data.sources import check_data_files
 from mtkit.decoding.scoring import validation_scoring
 from mtkit.hardware import resolve_device
-from mtkit.memory import keep_freed_memory
+from mtkit.memory import keep_freed_memory, memory_line, note_memory, release_freed_memory
 from mtkit.training import distributed
 from mtkit.training.rundir import prepare_run
 from mtkit.training.runlog import (
@@ -64,6 +64,8 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
         if run.lock is not None:
             cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
         train, valid_ds = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
+        release_freed_memory()  # what encoding and filtering freed; training allocates afresh
+        log.info("data ready: memory %s", memory_line(note_memory()))
         if world.is_main:
             distributed.barrier(world)
             file_log = add_log_file(run.dir / "train.log")

@@ -28,7 +28,7 @@ from mtkit.data.pairs import TrainPairs
 from mtkit.data.tokenizer import PAD_ID
 from mtkit.errors import TrainingError
 from mtkit.hardware import resolve_precision
-from mtkit.memory import peak_memory_mb
+from mtkit.memory import memory_line, note_memory, peak_memory_mb
 from mtkit.model.transformer import Transformer
 from mtkit.training import distributed, manifest
 from mtkit.training.budget import (
@@ -278,8 +278,7 @@ class Trainer:
         metric = self.cfg.train.best_metric
         best = "" if metric == "bleu" or p.best is None else f", best dev {metric} {p.best:.3f}"
         log.info("done: %s at step %d after %s; best dev BLEU %.2f%s; peak memory %s; checkpoints in %s",
-                 why, p.step, format_seconds(elapsed), p.best_bleu, best,
-                 ", ".join(f"{k} {v:,} MB" for k, v in memory.items()), self.run_dir)
+                 why, p.step, format_seconds(elapsed), p.best_bleu, best, memory_line(memory), self.run_dir)
         self.metrics.write("end", step=p.step, reason=why, elapsed_s=round(elapsed, 1), best_bleu=p.best_bleu,
                            best_metric=metric, best=p.best,
                            **{f"peak_{k}_mb": v for k, v in memory.items()})
@@ -301,4 +300,5 @@ def log_train(metrics: MetricsWriter, progress: Progress, window: dict, lr: floa
                   ppl=round(math.exp(min(nll, 50)), 3), lr=lr, tokens_per_s=round(tps, 1),
                   elapsed_s=round(elapsed, 2))
     window.update(loss=0.0, nll=0.0, tokens=0, t0=now)
+    note_memory()
 
