@@ -93,3 +93,14 @@ def test_peer_log_parsers_read_target_tokens_per_second(tmp_path):
     # noam: lr(step) = factor * d^-0.5 * min(step^-0.5, step * W^-1.5) peaks at step W with the value P.
     factor, d, w = opennmt.noam_factor(1.5e-3, 200), 256, 200
     assert abs(factor * d**-0.5 * min(w**-0.5, w * w**-1.5) - 1.5e-3) < 1e-12
+
+
+@pytest.mark.slow
+def test_first_update_benchmark_times_a_fresh_run_and_a_resume(tmp_path):
+    r = subprocess.run([sys.executable, "bench/first_update.py", "--pairs", "3000", "--vocab", "300", "--work",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["pairs"] == 3000 and result["first"]["seconds"] > 0 and result["resume"]["seconds"] > 0
+    assert result["first"]["main_anon"] > 0 and result["resume"]["main_file"] > 0
+    assert "resumed from" in (tmp_path / "resume3000.log").read_text()

@@ -212,3 +212,76 @@ def test_kill_9_then_resume_with_several_corpora_equals_uninterrupted(tmp_path):
     straight = [o.replace(str(tmp_path / "run"), str(tmp_path / "straight")) for o in over]
     train(load_config(ROOT / "configs/base.yaml", straight))
     assert same_weights(tmp_path / "run/last.pt", tmp_path / "straight/last.pt")
+
+
+# ----------------------------------------------------------------------------- the tokenizer's sample
+
+
+def test_the_tokenizer_trains_on_all_text_in_order_while_it_fits(tmp_path):
+    import datasets
+
+    from mtkit.data.tokenizer_sample import sample_size, sample_text
+
+    a = datasets.Dataset.from_dict({"src": ["a1", "a2", ""], "tgt": ["x1", "x2", "x3"]})
+    b = datasets.Dataset.from_dict({"src": ["b1"], "tgt": ["y1"]})
+    total, nbytes, take = sample_size([a, b], ["src", "tgt"], max_sentences=100, max_bytes=1000)
+    assert (total, nbytes, take) == (8, 14, 8)
+    assert list(sample_text([a, b], ["src", "tgt"], take)) == ["a1", "a2", "b1", "x1", "x2", "x3", "y1"]
+
+
+def test_a_large_text_is_sampled_within_both_bounds_and_the_same_every_time():
+    import datasets
+
+    from mtkit.data.tokenizer_sample import sample_size, sample_text
+
+    rows = [f"sentence {i:05d}" for i in range(20_000)]  # 14 bytes each
+    ds = datasets.Dataset.from_dict({"src": rows, "tgt": [r.upper() for r in rows]})
+    assert sample_size([ds], ["src", "tgt"], max_sentences=5_000, max_bytes=10**9)[2] == 5_000
+    total, nbytes, take = sample_size([ds], ["src", "tgt"], max_sentences=10**6, max_bytes=14_000)
+    assert (total, nbytes, take) == (40_000, 560_000, 1_000)  # the byte bound: 1,000 sentences of 14 bytes
+    first = list(sample_text([ds], ["src", "tgt"], take))
+    assert first == list(sample_text([ds], ["src", "tgt"], take)) and len(set(first)) == 1_000
+    upper = sum(s.isupper() for s in first[500:] + first[:500])
+    assert 400 < upper < 600  # both sides, in proportion
+    assert set(first) <= set(rows) | {r.upper() for r in rows}
+
+
+def test_memory_is_reported_by_kind():
+    from mtkit.memory import memory_line, note_memory, peak_memory_mb
+
+    now = note_memory()
+    assert now["anon"] > 0 and "file" in now  # Linux: /proc/self/status
+    peak = peak_memory_mb("cpu")
+    assert peak["rss"] >= peak["anon"] >= now["anon"] // 2
+    assert memory_line({"rss": 3390, "anon": 2473, "file": 264}) == "rss 3,390 MB (anonymous 2,473 MB, file-backed 264 MB)"
+    assert memory_line({"anon": 580, "file": 981}) == "anonymous 580 MB, file-backed 981 MB"
+
+
+def test_corpora_of_every_format_go_in_one_table_with_their_tags(tmp_path):
+    """Text files, JSONL, Parquet with large strings, a save_to_disk folder: one training table,
+    each corpus's rows where its slice says, a tagged corpus's sources starting with its tag."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtkit.config import TokenizerConfig
+    from mtkit.data.pairs import prepare_train
+    from mtkit.data.tokenizer import train_tokenizer
+
+    (tmp_path / "a.de").write_text("eins zwei\ndrei\n")
+    (tmp_path / "a.en").write_text("one two\nthree\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"de": "vier", "en": "four"}) + "\n")
+    pq.write_table(pa.table({"de": pa.array(["fünf"], pa.large_string()), "en": pa.array(["five"], pa.large_string())}),
+                   tmp_path / "c.parquet")
+    datasets.Dataset.from_dict({"translation": [{"de": "sieben", "en": "seven"}]}).save_to_disk(str(tmp_path / "d"))
+    cfg = load_config(None, ["data.max_len_ratio=10", corpora_json(
+        {"src": str(tmp_path / "a.de"), "tgt": str(tmp_path / "a.en")}, {"path": str(tmp_path / "b.jsonl"), "tag": "<x>"},
+        {"path": str(tmp_path / "c.parquet")}, {"path": str(tmp_path / "d"), "weight": 3})])
+    words = ["eins zwei drei vier fünf sieben one two three four five seven"] * 50
+    tok = train_tokenizer(TokenizerConfig(vocab_size=34), words, words, tags=["<x>"])
+    train = prepare_train(cfg.data, tok, tmp_path / "cache")
+    assert train.ds["src"] == ["eins zwei", "drei", "vier", "fünf", "sieben"]
+    assert [(c.name, c.start, c.kept, c.weight) for c in train.corpora] == [
+        ("a.de", 0, 2, 1.0), ("<x>", 2, 1, 1.0), ("c.parquet", 3, 1, 1.0), ("d", 4, 1, 3.0)]
+    ids = train.ds["src_ids"]
+    assert ids[2] == [tok.tag_id("<x>"), *tok.encode_src(["vier"])[0]] and ids[3] == tok.encode_src(["fünf"])[0]

@@ -152,8 +152,15 @@ def prepare_train(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path | None
         slices.append(CorpusSlice(name, corpus.weight, sum(s.kept for s in slices), report.kept))
         parts.append(ds)
         reports.append(report)
-    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets([_as_plain_strings(p) for p in parts])
     return TrainPairs(ds, slices, reports)
+
+
+def _as_plain_strings(ds: datasets.Dataset) -> datasets.Dataset:
+    """The pairs with "string" text columns: Parquet and saved datasets may hold "large_string",
+    and corpora of both kinds can only be put in one table with the same types (a rare copy)."""
+    features = datasets.Features({**ds.features, "src": datasets.Value("string"), "tgt": datasets.Value("string")})
+    return ds if ds.features == features else ds.cast(features)
 
 
 def check_tag(tokenizer: Tokenizer, tag: str, key: str) -> str:
