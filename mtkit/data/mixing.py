@@ -35,7 +35,7 @@ class CorpusSlice:
 
 
 def corpus_names(corpora: Sequence[CorpusConfig]) -> list[str]:
-    """How logs name each corpus: its `name`, else its tag, file stem or dataset name (made unique)."""
+    """How logs name each corpus: its `name`, else its tag, file name or dataset name (made unique)."""
     names = []
     for i, c in enumerate(corpora):
         name = c.name or c.tag or _source_name(c) or f"train[{i}]"
