@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +22,32 @@ from mtkit.errors import DataError, MtkitError
 READ_CHUNK = 16 << 20  # bytes read at a time: memory stays flat however big the file is
 
 
+def check_readable(path: Path, key: str, folder_ok: bool = False) -> None:
+    """`path` exists and can be opened (a folder too where `folder_ok`), else one DataError naming
+    `key` and the absolute path: the check scan_text starts with, and train's check before any work."""
+    where = f"{key}: {path.resolve()}"
+    if not path.exists():
+        raise DataError(f"{where}: file not found")
+    if path.is_dir():
+        if not folder_ok:
+            raise DataError(f"{where}: is a directory; give a file with one sentence per line")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise DataError(f"{where}: cannot read this folder (permission denied)")
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise DataError(f"{where}: cannot read ({e.strerror})") from None
+
+
 def scan_text(path: Path, key: str) -> int:
     """Check a text file completely (UTF-8, no NUL bytes) and return its number of lines.
 
     Fast: whole chunks are decoded at once; only a failing chunk is searched for the line.
     """
     where = f"{key}: {path.resolve()}"
-    if not path.exists():
-        raise DataError(f"{where}: file not found")
-    if path.is_dir():
-        raise DataError(f"{where}: is a directory; give a file with one sentence per line")
+    check_readable(path, key)
     lines = 0
     for first, chunk in line_chunks(path, where):
         nul = chunk.find(b"\0")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,24 +44,7 @@ def check_data_files(data: DataConfig) -> None:
     for key, split in named:
         for field in ("src", "tgt", "path"):
             if (value := getattr(split, field)) is not None:
-                _check_readable(Path(value), f"{key}.{field}", folder_ok=field == "path")
-
-
-def _check_readable(path: Path, key: str, folder_ok: bool) -> None:
-    where = f"{key}: {path.resolve()}"
-    if not path.exists():
-        raise DataError(f"{where}: file not found (relative paths start in the folder mtkit runs in)")
-    if path.is_dir():
-        if not folder_ok:
-            raise DataError(f"{where}: is a directory; give a file with one sentence per line")
-        if not os.access(path, os.R_OK | os.X_OK):
-            raise DataError(f"{where}: cannot read this folder (permission denied)")
-        return
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as e:
-        raise DataError(f"{where}: cannot read ({e.strerror})") from None
+                readers.check_readable(Path(value), f"{key}.{field}", folder_ok=field == "path")
 
 
 # ----------------------------------------------------------------------------- loading
