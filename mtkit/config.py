@@ -105,6 +105,7 @@ class TrainConfig:
     cooldown: float = 0.0  # last fraction of the budget (steps, epochs or time) over which lr falls to 0; 0 = off
     label_smoothing: float = 0.1  # epsilon_ls of the paper
     label_smoothing_over: Literal["outputs", "vocab"] = "outputs"  # where the smoothing mass goes (loss.py)
+    loss_chunk_tokens: int = 1024  # target tokens whose output layer and loss are computed at once (memory); 0 = the batch
     adam_betas: tuple[float, float] = (0.9, 0.98)  # Adam beta1, beta2 (paper section 5.3)
     adam_eps: float = 1e-9  # Adam epsilon (paper section 5.3)
     weight_decay: float = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam as in the paper

@@ -185,7 +185,7 @@ def _train_problems(p: _Problems, t: Any) -> None:
     for key in ("batch_tokens", "accum_steps", "lr", "adam_eps", "eval_every", "log_every"):
         p.positive(f"train.{key}", getattr(t, key))
     for key in ("warmup_steps", "weight_decay", "clip_norm", "patience", "keep_last", "max_bad_steps",
-                "dropout_after_epochs", "valid_chrf_word_order"):
+                "dropout_after_epochs", "valid_chrf_word_order", "loss_chunk_tokens"):
         p.positive(f"train.{key}", getattr(t, key), allow_zero=True)
     for key in ("max_steps", "max_epochs", "valid_max_sentences", "threads", "pad_to_multiple"):
         p.positive(f"train.{key}", getattr(t, key))

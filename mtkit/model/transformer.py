@@ -210,21 +210,25 @@ class Transformer(nn.Module):
             x = layer(x, src_attend_mask)
         return self.encoder_norm(x), src_pad_mask
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
         """Teacher-forced training pass.
 
         Args:
             src: (B, S) source ids, padded with pad_id.
             tgt_in: (B, T) target ids shifted right (starting with BOS), right-padded with pad_id.
+            features: return the decoder's output before the pre-softmax linear, for a loss that
+                applies `self.output` itself (training/loss.py: output_losses).
         Returns:
-            logits (B, T, V); outputs at target pad positions are meaningless (the loss skips them).
+            logits (B, T, V), or features (B, T, D); outputs at target pad positions are meaningless
+            (the loss skips them).
         """
         memory, src_pad_mask = self.encode(src)  # (B, S, D), (B, S)
         src_attend_mask = attend_mask_from_padding(src_pad_mask)  # (B, 1, 1, S)
         y = self.embed(tgt_in, self.tgt_embed)  # (B, T, D)
         for layer in self.decoder_layers:
             y = layer(y, memory, src_attend_mask)
-        return self.output(self.decoder_norm(y))  # (B, T, V)
+        y = self.decoder_norm(y)  # (B, T, D)
+        return y if features else self.output(y)  # (B, T, V)
 
     def start_cache(self, memory: Tensor, src_pad_mask: Tensor) -> DecoderCache:
         """Start incremental decoding of B rows from `encode`'s memory (B, S, D) and mask (B, S).

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtkit.config import Config, TrainConfig
 from mtkit.training.distributed import World, no_buffer_sync, sum_tensor
-from mtkit.training.loss import token_losses
+from mtkit.training.loss import output_losses, token_losses
 
 
 class Outcome(enum.Enum):
@@ -91,14 +91,25 @@ class Learner:
             # DDP: average gradients over processes once per update, after the last micro-batch.
             last = i == len(group) - 1
             with self.net.no_sync() if self.world.distributed and not last else contextlib.nullcontext():
-                with self.autocast:
-                    logits = self.net(src, tgt_in)  # (B, T, V)
-                loss, nll = token_losses(logits, tgt_out, self.cfg.label_smoothing, self.cfg.label_smoothing_over)
+                loss, nll = self._losses(src, tgt_in, tgt_out)
                 # Normalised per target token of the whole group on all processes; DDP averages
                 # over processes, hence the factor world.size.
                 self.scaler.scale(loss * (self.world.size / n_tokens)).backward()
             sums += torch.stack([loss.detach(), nll])
         return sums
+
+    def _losses(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's smoothed loss and NLL sums, the output layer and loss computed in chunks of
+        train.loss_chunk_tokens target tokens (loss.py). fp16 takes the whole logits at once: its
+        gradients must be computed from the scaled loss, or the small ones underflow."""
+        eps, over = self.cfg.label_smoothing, self.cfg.label_smoothing_over
+        if self.cfg.loss_chunk_tokens == 0 or self.scaler.is_enabled():
+            with self.autocast:
+                logits = self.net(src, tgt_in)  # (B, T, V)
+            return token_losses(logits, tgt_out, eps, over)
+        with self.autocast:
+            hidden = self.net(src, tgt_in, features=True)  # (B, T, D)
+            return output_losses(hidden, self.model.output, tgt_out, eps, over, self.cfg.loss_chunk_tokens)
 
 
 def make_learner(model: nn.Module, cfg: Config, device: str, precision: str, world: World,

@@ -27,7 +27,7 @@ from mtkit.decoding.precision import prepare_for_decoding, resolve_decode_precis
 from mtkit.decoding.scoring import validation_scoring
 from mtkit.decoding.translate import translate_lines
 from mtkit.model.transformer import Transformer
-from mtkit.training.loss import token_losses
+from mtkit.training.loss import output_losses
 
 log = logging.getLogger("mtkit")
 
@@ -40,7 +40,7 @@ class Validator:
         self.tokenizer, self.device, self.model_cfg = tokenizer, device, cfg.model
         self.best_metric = cfg.train.best_metric
         self.scoring = validation_scoring(cfg)  # train.py has checked that its tokenizer runs
-        self.label_smoothing = (cfg.train.label_smoothing, cfg.train.label_smoothing_over)
+        self.loss_settings = (cfg.train.label_smoothing, cfg.train.label_smoothing_over, cfg.train.loss_chunk_tokens)
         self.src_texts: list[str] = list(valid_ds["src"])
         self.ref_texts: list[str] = list(valid_ds["tgt"])
         # Validation BLEU is greedy (cheap and stable), decoded in decode.precision as `mtkit
@@ -67,8 +67,8 @@ class Validator:
         with torch.inference_mode():
             for b in self.loss_batches:
                 target = b["tgt_out"].to(self.device)
-                logits = model(b["src"].to(self.device), b["tgt_in"].to(self.device))
-                loss, nll = token_losses(logits, target, *self.label_smoothing)  # the loss training uses
+                hidden = model(b["src"].to(self.device), b["tgt_in"].to(self.device), features=True)  # (B, T, D)
+                loss, nll = output_losses(hidden, model.output, target, *self.loss_settings)  # training's loss
                 loss_sum += float(loss)
                 nll_sum += float(nll)
                 tokens += int((target != PAD_ID).sum())

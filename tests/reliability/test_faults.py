@@ -115,12 +115,12 @@ def test_out_of_memory_batch_is_skipped_and_repeated_oom_stops_with_advice(tmp_p
     real_forward = model_mod.Transformer.forward
     calls = {"n": 0}
 
-    def oom_on_third_batch(self, src, tgt_in):
+    def oom_on_third_batch(self, src, tgt_in, features=False):
         if self.training:
             calls["n"] += 1
             if calls["n"] == 3:
                 raise torch.OutOfMemoryError("out of memory (injected)")
-        return real_forward(self, src, tgt_in)
+        return real_forward(self, src, tgt_in, features)
 
     monkeypatch.setattr(model_mod.Transformer, "forward", oom_on_third_batch)
     with caplog.at_level(logging.WARNING, logger="mtkit"):
@@ -128,10 +128,10 @@ def test_out_of_memory_batch_is_skipped_and_repeated_oom_stops_with_advice(tmp_p
     assert summary["step"] == 10  # the bad batch was skipped, training went on
     assert "out of memory on a batch (src/tgt shapes (" in caplog.text
 
-    def always_oom(self, src, tgt_in):
+    def always_oom(self, src, tgt_in, features=False):
         if self.training:
             raise torch.OutOfMemoryError("out of memory (injected)")
-        return real_forward(self, src, tgt_in)
+        return real_forward(self, src, tgt_in, features)
 
     monkeypatch.setattr(model_mod.Transformer, "forward", always_oom)
     with pytest.raises(TrainingError, match="lower train.batch_tokens"):
