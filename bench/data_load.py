@@ -123,7 +123,7 @@ def ensure_tokenizer(args) -> tuple[Path, float | None]:
 
 def train_tokenizer_into(tok_dir: Path, data, cfg) -> None:
     from mtkit.data.sources import load_pairs
-    from mtkit.data.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer_training import train_tokenizer
 
     class Texts:
         """One column, read 10k rows at a time (re-iterable, so a retry can read it again)."""

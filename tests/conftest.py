@@ -171,7 +171,7 @@ def de_en_pairs() -> list[tuple[str, str]]:
 def tokenizer_for_tests():
     """A joint unigram tokenizer over DE_EN and the reverse-task words (trains in ~0.1 s)."""
     from mtkit.config import TokenizerConfig
-    from mtkit.data.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer_training import train_tokenizer
 
     extra = [a for a, _ in reverse_pairs(300, seed=99)]
     src = [a for a, _ in DE_EN] * 5 + extra

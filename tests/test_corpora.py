@@ -131,7 +131,8 @@ def test_upsampling_applies_within_each_corpus_before_the_weights():
 
 def test_a_tag_is_one_piece_of_the_tokenizer_and_goes_first(tmp_path):
     from mtkit.config import TokenizerConfig
-    from mtkit.data.tokenizer import Tokenizer, train_tokenizer
+    from mtkit.data.tokenizer import Tokenizer
+    from mtkit.data.tokenizer_training import train_tokenizer
 
     words = [f"ab{i % 7} cd{i % 5} <copy>" for i in range(300)]
     tok = train_tokenizer(TokenizerConfig(vocab_size=40), words, words, tags=["<copy>", "<2de>"])
@@ -266,7 +267,7 @@ def test_corpora_of_every_format_go_in_one_table_with_their_tags(tmp_path):
 
     from mtkit.config import TokenizerConfig
     from mtkit.data.pairs import prepare_train
-    from mtkit.data.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer_training import train_tokenizer
 
     (tmp_path / "a.de").write_text("eins zwei\ndrei\n")
     (tmp_path / "a.en").write_text("one two\nthree\n")

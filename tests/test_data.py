@@ -320,7 +320,7 @@ def test_encode_pairs_adds_int32_ids(tmp_path, tiny_tokenizer, de_en_files):
 
 def test_another_tokenizer_never_reuses_a_cached_encoding(tmp_path, tiny_tokenizer, de_en_files):
     from mtkit.config import TokenizerConfig
-    from mtkit.data.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer_training import train_tokenizer
 
     src, tgt = de_en_files
     ds = load(SplitConfig(src=str(src), tgt=str(tgt)), tmp_path)

@@ -10,7 +10,8 @@ import pytest
 import sentencepiece as spm
 
 from mtkit.config import TokenizerConfig
-from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from mtkit.data.tokenizer_training import train_tokenizer
 from mtkit.errors import DataError
 from tests.conftest import DE_EN, reverse_pairs
 

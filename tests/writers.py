@@ -62,7 +62,7 @@ def _link(folder: Path, version: str) -> Path:
 
 def _tokenizer(folder: Path, version: str) -> Path:
     from mtkit.config import TokenizerConfig
-    from mtkit.data.tokenizer import train_tokenizer
+    from mtkit.data.tokenizer_training import train_tokenizer
 
     letters = "abcdefgh" if version == "old" else "mnopqrstuvw"
     words = [" ".join(letters[(i * k) % len(letters)] * (1 + k % 3) for k in range(1, 6)) for i in range(400)]

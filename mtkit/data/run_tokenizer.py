@@ -21,8 +21,9 @@ from mtkit import files
 from mtkit.config import Config, TokenizerConfig, to_dict
 from mtkit.configcheck import corpus_key
 from mtkit.data.sources import load_pairs
-from mtkit.data.tokenizer import Tokenizer, train_tokenizer
+from mtkit.data.tokenizer import Tokenizer
 from mtkit.data.tokenizer_sample import sample_size, sample_text
+from mtkit.data.tokenizer_training import train_tokenizer
 from mtkit.errors import TrainingError
 from mtkit.memory import release_freed_memory
 
