@@ -93,6 +93,12 @@ class ModelConfig:
     attention_dropout: float = 0.0  # dropout on attention weights (not in the paper; 0 = off)
     norm_first: bool = True  # pre-norm with final LayerNorm; false = the paper's post-norm
     tie_embeddings: bool = True  # share source, target and output embeddings (joint vocab only)
+    # Options an imported model may need (mtkit import; Marian / OPUS-MT); the defaults are the paper's.
+    activation: Literal["relu", "swish", "gelu"] = "relu"  # the FFN's non-linearity (paper: ReLU)
+    attention_bias: bool = False  # biases on W^Q, W^K, W^V, W^O (the paper's equations have none)
+    output_bias: bool = False  # a bias on the pre-softmax linear (Marian's final logits bias)
+    scale_embeddings: bool = True  # embeddings times sqrt(d_model) (section 3.4)
+    positions: Literal["interleaved", "halves"] = "interleaved"  # sin/cos layout: the paper's formula, or sin half / cos half
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -59,6 +59,14 @@ def test_sinusoidal_positions_match_the_formula():
     assert sinusoidal_positions(4, 5).shape == (4, 5)  # odd widths work too
 
 
+def test_halves_layout_holds_the_same_sines_then_the_cosines():
+    # Marian's and fairseq's table (model.positions: halves): every sine, then every cosine.
+    inter, halves = sinusoidal_positions(40, 16), sinusoidal_positions(40, 16, layout="halves")
+    assert torch.equal(halves[:, :8], inter[:, 0::2]) and torch.equal(halves[:, 8:], inter[:, 1::2])
+    odd = sinusoidal_positions(9, 5, layout="halves")  # 3 sines, 2 cosines
+    assert torch.equal(odd[:, :3], sinusoidal_positions(9, 5)[:, 0::2])
+
+
 def test_positions_have_no_maximum_length():
     pe = sinusoidal_positions(5000, 8)
     angle = 4999 / 10000 ** (2 * 1 / 8)
@@ -200,9 +208,19 @@ def test_mixed_length_batch_equals_each_sentence_alone():
 # ----------------------------------------------------------------------------- incremental decoding
 
 
-@pytest.mark.parametrize("norm_first", [True, False])
-def test_decode_step_equals_forward(norm_first):
-    model = tiny(norm_first=norm_first)
+IMPORTED = dict(norm_first=False, activation="swish", attention_bias=True, output_bias=True, scale_embeddings=False,
+                positions="halves")  # what a Marian model needs (mtkit import)
+
+
+@pytest.mark.parametrize("options", [dict(norm_first=True), dict(norm_first=False), IMPORTED,
+                                     dict(activation="gelu", attention_bias=True)])
+def test_decode_step_equals_forward(options):
+    model = tiny(**options)
+    if options.get("attention_bias"):  # biases start at zero: make them count
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0.0, 0.5)
     src, tgt = tokens(3, 6), tokens(3, 20, seed=2)  # 20 steps: the cache grows past 16 slots
     src[2, 3:] = 0
     with torch.no_grad():
@@ -212,6 +230,12 @@ def test_decode_step_equals_forward(norm_first):
         steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(20)], dim=1)
     assert cache.length == 20
     assert close(steps, expected)
+    # Fused for decoding (stacked projections, their biases too): the same logits.
+    with torch.inference_mode():
+        model.fuse_for_decoding()
+        cache = model.start_cache(*model.encode(src))
+        fused = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(20)], dim=1)
+    assert close(fused, expected)
 
 
 def test_cache_select_reorders_expands_and_drops_rows():

@@ -1,8 +1,9 @@
 """CTranslate2: export a trained model to it, and translate with it.
 
 `export` writes a CTranslate2 model directory from mtkit's weights through ctranslate2's public
-model-spec API (pre-norm or the paper's post-norm, tied embeddings, mtkit's sinusoid table,
-embeddings scaled by sqrt(d_model), LayerNorm epsilon 1e-5), with the SentencePiece model(s) and
+model-spec API (pre-norm or the paper's post-norm, tied embeddings, mtkit's sinusoid table in either
+layout, embeddings scaled by sqrt(d_model) or not, the FFN activation, the attention and output
+biases when the model has them, LayerNorm epsilon 1e-5), with the SentencePiece model(s) and
 the run's config beside it. `CT2Engine` translates token ids with it for translate.py, which
 keeps the line contract (empty lines, over-long lines, n-best) the same for both engines.
 
@@ -82,11 +83,13 @@ def export(model_path: str | Path, out_dir: Path, quantization: str = "float32",
 
 def model_spec(model: Any, cfg: Config, tok: Any) -> Any:
     """ctranslate2's TransformerSpec holding `model`'s weights (fp32 numpy arrays) and vocabularies."""
-    transformer_spec = extras.ctranslate2().specs.transformer_spec
+    specs = extras.ctranslate2().specs
     m = cfg.model
     tgt_pieces = tok.pieces("tgt")
-    spec = transformer_spec.TransformerSpec.from_config((m.encoder_layers, m.decoder_layers), m.heads,
-                                                        pre_norm=m.norm_first)
+    activation = {"relu": "RELU", "swish": "SWISH", "gelu": "GELU"}[m.activation]
+    spec = specs.transformer_spec.TransformerSpec.from_config(
+        (m.encoder_layers, m.decoder_layers), m.heads, pre_norm=m.norm_first,
+        activation=specs.common_spec.Activation[activation])
     spec.config.layer_norm_epsilon = model.decoder_layers[0].ffn_residual.norm.eps if m.decoder_layers else 1e-5
     spec.config.add_source_eos = True  # mtkit's encoder input is the pieces + EOS
     spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = (tgt_pieces[i] for i in (UNK_ID, BOS_ID, EOS_ID))
@@ -95,46 +98,48 @@ def model_spec(model: Any, cfg: Config, tok: Any) -> Any:
     # The sinusoid table, long enough for decode.max_input_tokens and the longest output.
     positions = _positions(model, cfg.decode).numpy()
 
-    def linear(target: Any, *names: str, bias: str | None = None) -> None:
-        target.weight = np.concatenate([sd[n] for n in names]) if len(names) > 1 else sd[names[0]]
-        if bias is not None:
-            target.bias = sd[bias]
+    def linear(target: Any, *names: str) -> None:
+        """The Linears `names` (state-dict prefixes) stacked as one, with their biases if they have them."""
+        target.weight = np.concatenate([sd[f"{n}.weight"] for n in names])
+        if f"{names[0]}.bias" in sd:
+            target.bias = np.concatenate([sd[f"{n}.bias"] for n in names])
 
     def norm(target: Any, name: str) -> None:
         target.gamma, target.beta = sd[f"{name}.weight"], sd[f"{name}.bias"]
 
     def ffn(target: Any, prefix: str) -> None:
         norm(target.layer_norm, f"{prefix}.ffn_residual.norm")
-        linear(target.linear_0, f"{prefix}.ffn.w_1.weight", bias=f"{prefix}.ffn.w_1.bias")
-        linear(target.linear_1, f"{prefix}.ffn.w_2.weight", bias=f"{prefix}.ffn.w_2.bias")
+        linear(target.linear_0, f"{prefix}.ffn.w_1")
+        linear(target.linear_1, f"{prefix}.ffn.w_2")
 
     for side, stack, embed in (("encoder", spec.encoder, "src_embed"), ("decoder", spec.decoder, "tgt_embed")):
         (stack.embeddings[0] if isinstance(stack.embeddings, list) else stack.embeddings).weight = sd[f"{embed}.weight"]
-        stack.scale_embeddings = True  # table(tokens) * sqrt(d_model), section 3.4
+        stack.scale_embeddings = m.scale_embeddings  # table(tokens) * sqrt(d_model), section 3.4
         stack.position_encodings.encodings = positions
         if m.norm_first:
             norm(stack.layer_norm, f"{side}_norm")
         for i, layer in enumerate(stack.layer):
             p = f"{side}_layers.{i}"
             att = layer.self_attention
-            linear(att.linear[0], f"{p}.self_attn.w_q.weight", f"{p}.self_attn.w_k.weight", f"{p}.self_attn.w_v.weight")
-            linear(att.linear[1], f"{p}.self_attn.w_o.weight")
+            linear(att.linear[0], f"{p}.self_attn.w_q", f"{p}.self_attn.w_k", f"{p}.self_attn.w_v")
+            linear(att.linear[1], f"{p}.self_attn.w_o")
             norm(att.layer_norm, f"{p}.self_attn_residual.norm")
             if side == "decoder":
                 cross = layer.attention
-                linear(cross.linear[0], f"{p}.cross_attn.w_q.weight")
-                linear(cross.linear[1], f"{p}.cross_attn.w_k.weight", f"{p}.cross_attn.w_v.weight")
-                linear(cross.linear[2], f"{p}.cross_attn.w_o.weight")
+                linear(cross.linear[0], f"{p}.cross_attn.w_q")
+                linear(cross.linear[1], f"{p}.cross_attn.w_k", f"{p}.cross_attn.w_v")
+                linear(cross.linear[2], f"{p}.cross_attn.w_o")
                 norm(cross.layer_norm, f"{p}.cross_attn_residual.norm")
             ffn(layer.ffn, p)
-    linear(spec.decoder.projection, "output.weight")
+    linear(spec.decoder.projection, "output")  # with model.output_bias, Marian's final logits bias
     spec.register_source_vocabulary(tok.pieces("src"))
     spec.register_target_vocabulary(tgt_pieces)
     return spec
 
 
 def _positions(model: Any, decode: DecodeConfig) -> torch.Tensor:
-    return sinusoidal_positions(positions_needed(decode), model.cfg.d_model, dtype=model.positions.dtype)
+    return sinusoidal_positions(positions_needed(decode), model.cfg.d_model, dtype=model.positions.dtype,
+                                layout=model.cfg.positions)
 
 
 def positions_needed(decode: DecodeConfig) -> int:

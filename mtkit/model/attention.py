@@ -74,13 +74,15 @@ class MultiHeadAttention(nn.Module):
     not change).
     """
 
-    def __init__(self, d_model: int, heads: int, attention_dropout: float = 0.0):
+    def __init__(self, d_model: int, heads: int, attention_dropout: float = 0.0, bias: bool = False):
         super().__init__()
         self.heads, self.d_k = heads, d_model // heads
-        self.w_q = nn.Linear(d_model, d_model, bias=False)
-        self.w_k = nn.Linear(d_model, d_model, bias=False)
-        self.w_v = nn.Linear(d_model, d_model, bias=False)
-        self.w_o = nn.Linear(d_model, d_model, bias=False)
+        # NOTE (differs from paper): bias (model.attention_bias) adds biases to the four projections,
+        # an option for imported models (Marian, fairseq); the paper's equations have none.
+        self.w_q = nn.Linear(d_model, d_model, bias=bias)
+        self.w_k = nn.Linear(d_model, d_model, bias=bias)
+        self.w_v = nn.Linear(d_model, d_model, bias=bias)
+        self.w_o = nn.Linear(d_model, d_model, bias=bias)
         # NOTE (differs from paper): dropout on the attention weights is not in the paper;
         # attention_dropout: 0 (the default) keeps the paper's model.
         self.attention_dropout = attention_dropout
@@ -99,7 +101,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self.project_qkv(query)  # each (B, L, D)
         else:  # encoder-decoder attention
             q = self.w_q(query)  # (B, Tq, D)
-            k, v = F.linear(key_value, torch.cat([self.w_k.weight, self.w_v.weight])).chunk(2, dim=-1)  # (B, Tk, D)
+            k, v = stacked_projection(key_value, [self.w_k, self.w_v]).chunk(2, dim=-1)  # (B, Tk, D)
         return self.attend(self.split_heads(q), self.split_heads(k), self.split_heads(v),  # (B, H, T, d_k)
                            attend_mask, is_causal)
 
@@ -107,7 +109,7 @@ class MultiHeadAttention(nn.Module):
         """x (B, L, D) -> Q, K, V (B, L, D) each, by one matmul with [W^Q; W^K; W^V] (3D, D)."""
         if self.w_qkv is not None:
             return self.w_qkv(x).chunk(3, dim=-1)
-        return F.linear(x, torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])).chunk(3, dim=-1)
+        return stacked_projection(x, [self.w_q, self.w_k, self.w_v]).chunk(3, dim=-1)
 
     def fuse_projections(self) -> None:
         """For decoding only: keep [W^Q; W^K; W^V] as one module instead of stacking the weights at
@@ -130,11 +132,20 @@ class MultiHeadAttention(nn.Module):
         return self.w_o(out.transpose(1, 2).reshape(B, Tq, -1))  # Concat(head_1..head_h) W^O
 
 
+def stacked_projection(x: Tensor, linears: list[nn.Linear]) -> Tensor:
+    """x (..., D) through the given Linears side by side, as one matmul: (..., sum of outputs)."""
+    bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    return F.linear(x, torch.cat([m.weight for m in linears]), bias)
+
+
 def stacked_linear(linears: list[nn.Linear]) -> nn.Linear:
-    """One bias-free Linear whose output is the given Linears' outputs side by side (a copy)."""
+    """One Linear whose output is the given Linears' outputs side by side (a copy)."""
     weight = torch.cat([m.weight.detach() for m in linears])  # (sum of outputs, D)
+    with_bias = linears[0].bias is not None
     # skip_init: no random initialisation, which would draw from (and so change) training's RNG.
-    fused = nn.utils.skip_init(nn.Linear, weight.size(1), weight.size(0), bias=False,
+    fused = nn.utils.skip_init(nn.Linear, weight.size(1), weight.size(0), bias=with_bias,
                                device=weight.device, dtype=weight.dtype)
     fused.weight = nn.Parameter(weight, requires_grad=False)
+    if with_bias:
+        fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in linears]), requires_grad=False)
     return fused

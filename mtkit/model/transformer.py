@@ -18,17 +18,23 @@ from torch import Tensor, nn
 from mtkit.config import ModelConfig
 from mtkit.data.tokenizer import PAD_ID  # the special ids are defined once, in tokenizer.py
 from mtkit.errors import ConfigError
-from mtkit.model.attention import MultiHeadAttention, attend_mask_from_padding, stacked_linear
+from mtkit.model.attention import (
+    MultiHeadAttention,
+    attend_mask_from_padding,
+    stacked_linear,
+    stacked_projection,
+)
 from mtkit.model.cache import DecoderCache
 
 INITIAL_POSITIONS = 1024  # rows of the sinusoid table built up front; a longer input extends it
 
 
-def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None) -> Tensor:
+def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None, layout: str = "interleaved") -> Tensor:
     """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same angle).
 
     Returns the (length, D) table for positions 0 .. length-1 (any length) in `dtype` (default:
-    torch's default dtype) on `device`.
+    torch's default dtype) on `device`. layout "halves" (model.positions) puts the same values as
+    every sine, then every cosine (Marian's and fairseq's table).
     """
     # Computed in float64 on the CPU (it is built rarely): pos * frequency stays exact enough that
     # positions in the thousands match the formula to float32 precision.
@@ -36,21 +42,29 @@ def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None) -> 
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(D/2),)
     angle = pos / 10000.0 ** (two_i / d_model)  # (L, ceil(D/2))
     pe = torch.empty(length, d_model, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(angle)
-    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    # NOTE (differs from paper): layout "halves", an option for imported models; the values are the same.
+    sines, cosines = (pe[:, 0::2], pe[:, 1::2]) if layout == "interleaved" else pe.split(angle.size(1), dim=1)
+    sines[:] = torch.sin(angle)
+    cosines[:] = torch.cos(angle[:, : d_model // 2])
     return pe.to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
-class FeedForward(nn.Module):
-    """Position-wise feed-forward network (section 3.3, eq. 2): max(0, x W_1 + b_1) W_2 + b_2."""
+# NOTE (differs from paper): model.activation swish or gelu, options for imported models (Marian).
+ACTIVATIONS = {"relu": F.relu, "swish": F.silu, "gelu": F.gelu}
 
-    def __init__(self, d_model: int, d_ff: int):
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network (section 3.3, eq. 2): max(0, x W_1 + b_1) W_2 + b_2, with
+    ReLU (the paper's) or the model.activation chosen."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu"):
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        return self.w_2(F.relu(self.w_1(x)))
+        return self.w_2(self.activation(self.w_1(x)))
 
 
 class Residual(nn.Module):
@@ -79,8 +93,8 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention_bias)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation)
         self.self_attn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
         self.ffn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
 
@@ -95,9 +109,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention_bias)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention_bias)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation)
         self.self_attn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
         self.cross_attn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
         self.ffn_residual = Residual(cfg.d_model, cfg.dropout, cfg.norm_first)
@@ -167,10 +181,16 @@ class Transformer(nn.Module):
         # final LayerNorm; the paper's post-norm already ends in one (Identity here).
         self.encoder_norm = nn.LayerNorm(D) if cfg.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(D) if cfg.norm_first else nn.Identity()
-        self.output = nn.Linear(D, tgt_vocab_size, bias=False)  # pre-softmax linear (softmax: loss/search)
+        # The pre-softmax linear (softmax: loss/search). NOTE (differs from paper): model.output_bias,
+        # a bias on it (Marian's final logits bias), is an option for imported models.
+        self.output = nn.Linear(D, tgt_vocab_size, bias=cfg.output_bias)
+        # NOTE (differs from paper): model.scale_embeddings false (some imported models) skips section
+        # 3.4's multiplication by sqrt(d_model).
+        self.embed_scale = math.sqrt(D) if cfg.scale_embeddings else 1.0
         # Non-persistent: the table is a pure function of (length, D), so it is not saved in
         # checkpoints, and `embed` rebuilds it longer when a longer input arrives.
-        self.register_buffer("positions", sinusoidal_positions(INITIAL_POSITIONS, D), persistent=False)
+        self.register_buffer("positions", sinusoidal_positions(INITIAL_POSITIONS, D, layout=cfg.positions),
+                             persistent=False)
         self.cross_kv: nn.Linear | None = None  # every decoder layer's [W^K; W^V] stacked, for decoding
         self.reset_parameters()
         if cfg.tie_embeddings:
@@ -197,8 +217,8 @@ class Transformer(nn.Module):
         end = start + tokens.size(1)
         if end > self.positions.size(0):  # no maximum length: extend the table (doubling, so rarely)
             self.positions = sinusoidal_positions(max(end, 2 * self.positions.size(0)), self.cfg.d_model,
-                                                  self.positions.device, self.positions.dtype)
-        return self.dropout(table(tokens) * math.sqrt(self.cfg.d_model) + self.positions[start:end])
+                                                  self.positions.device, self.positions.dtype, self.cfg.positions)
+        return self.dropout(table(tokens) * self.embed_scale + self.positions[start:end])
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder stack (section 3.1): src (B, S) ids padded with pad_id -> memory (B, S, D) and
@@ -242,7 +262,7 @@ class Transformer(nn.Module):
         if self.cross_kv is not None:  # fused for decoding
             cross_kv = self.cross_kv(memory)  # (B, S, L*2*D)
         else:
-            cross_kv = F.linear(memory, torch.cat([m.weight for m in self._cross_kv_linears()]))  # W (L*2*D, D)
+            cross_kv = stacked_projection(memory, self._cross_kv_linears())  # W (L*2*D, D)
         cross_kv = cross_kv.view(B, S, L, 2, H, d_k)  # (B, S, L, 2, H, d_k)
         # Contiguous (L, 2, B, H, S, d_k): each layer's K and V are then plain (B, H, S, d_k) tensors.
 
