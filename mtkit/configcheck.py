@@ -100,10 +100,14 @@ def check_value(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bo
 
 
 def sections(cls: type, value: Any, path: str, problems: list[str]) -> tuple:
-    """A list of mappings (data.train's corpora) as a tuple of `cls`; one mapping is a list of one."""
+    """A list of mappings (data.train's corpora) as a tuple of `cls`; one mapping is a list of one.
+    An empty list is a model's config with no training data (an imported model's): `mtkit train`
+    refuses it (sources.check_data_files)."""
     if isinstance(value, dict):
         return (from_dict(cls, value, path + ".", problems),)
-    if not isinstance(value, (list, tuple)) or not value:
+    if isinstance(value, (list, tuple)) and not value:
+        return ()
+    if not isinstance(value, (list, tuple)):
         problems.append(f"{path}: expected a mapping or a list of one or more mappings (got {show(value)})")
         return (cls(),)
     return tuple(from_dict(cls, v, f"{path}[{i}].", problems) for i, v in enumerate(value))

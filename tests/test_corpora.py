@@ -65,10 +65,18 @@ def test_a_bad_corpus_entry_is_one_error_line_naming_its_key(entry, message):
     assert str(e.value).count("\n") == 0 and message in str(e.value), str(e.value)
 
 
-def test_data_train_must_be_a_mapping_or_a_non_empty_list():
-    for bad in ("data.train=[]", "data.train=3"):
-        with pytest.raises(ConfigError, match="data.train: expected a mapping or a list of one or more mappings"):
-            load_config(None, [bad])
+def test_data_train_must_be_a_mapping_or_a_list_and_training_needs_a_corpus(tmp_path):
+    from mtkit.training.train import train
+
+    with pytest.raises(ConfigError, match="data.train: expected a mapping or a list of one or more mappings"):
+        load_config(None, ["data.train=3"])
+    # An empty list is a model's config without training data (mtkit import writes one); training
+    # refuses it in one line before any work.
+    cfg = load_config(None, ["data.train=[]", f"run_dir={tmp_path / 'run'}"])
+    assert cfg.data.train == ()
+    with pytest.raises(ConfigError, match="data.train: no training corpus; give one"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_corpus_names_default_to_tag_then_file_and_stay_unique():

@@ -23,7 +23,7 @@ from mtkit import files
 from mtkit.config import DataConfig, SplitConfig
 from mtkit.configcheck import corpus_key
 from mtkit.data import readers
-from mtkit.errors import DataError
+from mtkit.errors import ConfigError, DataError
 
 log = logging.getLogger("mtkit")
 
@@ -39,6 +39,9 @@ def check_data_files(data: DataConfig) -> None:
     """Every file and folder the data section names (each training corpus, valid, test) exists and
     can be opened: run before any work, so a wrong path fails in a second and not after tokenizer
     training. Contents are checked when a split is read (load_pairs); hub datasets when loaded."""
+    if not data.train:
+        raise ConfigError("data.train: no training corpus; give one ({src: ..., tgt: ...}, a path or a hub dataset)"
+                          " or a list of them")
     named = [(corpus_key(data.train, i), c) for i, c in enumerate(data.train)]
     named += [(f"data.{name}", s) for name, s in (("valid", data.valid), ("test", data.test)) if s is not None]
     for key, split in named:

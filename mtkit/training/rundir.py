@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +21,7 @@ from mtkit import files
 from mtkit.config import Config, differing_keys, dump_yaml, flatten, from_plain_dict, to_dict
 from mtkit.data.run_tokenizer import get_tokenizer, save_tokenizer
 from mtkit.data.tokenizer import Tokenizer
-from mtkit.errors import CheckpointError, TrainingError
+from mtkit.errors import CheckpointError, ConfigError, TrainingError
 from mtkit.model.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("mtkit")
@@ -103,6 +103,33 @@ def _open_run(cfg: Config, run_dir: Path, overwrite: bool, for_training: bool, i
     if for_training and not readonly:
         files.write_text(run_dir / "config.yaml", dump_yaml(cfg))
     return run
+
+
+# Model keys a fine-tuning run may set for itself; every other one is the parent's architecture.
+TRAINING_ONLY_MODEL_KEYS = ("dropout", "attention_dropout")
+
+
+def config_for_init(cfg: Config, init_from: str | Path) -> Config:
+    """`cfg` with the parent checkpoint's `model` section (--init-from): the model comes from the
+    checkpoint, and so do keys the weights do not show (activation, positions, scale_embeddings).
+
+    A key this config leaves at its default takes the checkpoint's value (logged); one it sets to
+    another value than the checkpoint's is an error naming the keys. Dropout is the config's own.
+    """
+    parent = from_plain_dict(load_checkpoint(init_from)["config"]).model
+    default, mine = type(parent)(), cfg.model
+    differ = [f.name for f in fields(parent) if f.name not in TRAINING_ONLY_MODEL_KEYS
+              and getattr(mine, f.name) != getattr(parent, f.name)]
+    conflicts = [k for k in differ if getattr(mine, k) != getattr(default, k)]
+    if conflicts:
+        shown = "; ".join(f"model.{k}: {getattr(mine, k)!r} here, {getattr(parent, k)!r} in the checkpoint"
+                          for k in conflicts)
+        raise ConfigError(f"--init-from {init_from}: the model comes from the checkpoint, but the config says"
+                          f" otherwise ({shown}); remove those keys from the config")
+    if differ:
+        log.info("--init-from: model %s from %s", ", ".join(f"{k}={getattr(parent, k)!r}" for k in differ), init_from)
+    kept = {k: getattr(mine, k) for k in TRAINING_ONLY_MODEL_KEYS}
+    return replace(cfg, model=replace(parent, **kept))
 
 
 def lock_run_dir(run_dir: Path) -> IO[str]:

@@ -21,7 +21,7 @@ from mtkit.decoding.scoring import validation_scoring
 from mtkit.hardware import resolve_device
 from mtkit.memory import keep_freed_memory, memory_line, note_memory, release_freed_memory
 from mtkit.training import distributed
-from mtkit.training.rundir import prepare_run
+from mtkit.training.rundir import config_for_init, prepare_run
 from mtkit.training.runlog import (
     MetricsWriter,
     add_log_file,
@@ -42,6 +42,8 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     wait, then they open it read-only. Only rank 0 writes logs, metrics and checkpoints.
     """
     keep_freed_memory()
+    if init_from is not None:
+        cfg = config_for_init(cfg, init_from)
     t = cfg.train
     # What can fail in a second fails now, not after tokenizer training and data preparation: every
     # data file, the run dir, and a dev BLEU tokenizer that cannot run.
