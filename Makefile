@@ -22,7 +22,7 @@ install:
 	fi
 	@# Install the pinned CPU torch before the package, so its `torch>=...` range is already met.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --disable-pip-version-check -e ".[test,ct2,plot]"
+	$(PY) -m pip install --disable-pip-version-check -e ".[test,ct2,plot,hf]"
 	@$(MTKIT) --version
 
 # Two pytest processes (pytest-xdist): most tests are Python-bound, so two share 2 cores well
@@ -41,7 +41,7 @@ VENV_MIN ?= .venv-min
 test-min:
 	@[ -x $(VENV_MIN)/bin/python ] || $(PYTHON) -m venv $(VENV_MIN)
 	$(VENV_MIN)/bin/python .ci/min_constraints.py > $(VENV_MIN)/constraints.txt
-	$(VENV_MIN)/bin/pip install --disable-pip-version-check -c $(VENV_MIN)/constraints.txt -e ".[test,ct2,plot]"
+	$(VENV_MIN)/bin/pip install --disable-pip-version-check -c $(VENV_MIN)/constraints.txt -e ".[test,ct2,plot,hf]"
 	$(VENV_MIN)/bin/pip list --disable-pip-version-check | grep -iE '^(torch|datasets|numpy|pyarrow|sentencepiece|sacrebleu|typer|click|pyyaml|tqdm|ctranslate2|matplotlib|pytest) '
 	$(VENV_MIN)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider tests
 

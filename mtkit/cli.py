@@ -3,7 +3,7 @@
 Each command parses its options, calls one function of the package and prints the result. An
 MtkitError becomes one `error: ...` line on stderr and its exit code, no traceback (`--debug` or
 MTKIT_DEBUG=1 shows it): cli_base.py, with the options several commands share. `mtkit data ...`
-is in cli_data.py.
+is in cli_data.py; the commands that write model files (average, export, import) in cli_models.py.
 
 These are the modules of the package that import inside functions, on purpose: each command
 imports the stage it runs when it runs, so `mtkit --help`, `--version` and a config error answer
@@ -35,6 +35,7 @@ from mtkit.cli_base import (
     with_prefix,
 )
 from mtkit.cli_data import data_app
+from mtkit.cli_models import average_cmd, export_cmd, import_cmd
 from mtkit.errors import ConfigError
 
 log = logging.getLogger("mtkit")
@@ -234,44 +235,9 @@ def evaluate_cmd(
         typer.echo(format_scores(result))
 
 
-@app.command("average")
-@handles_errors
-def average_cmd(
-    checkpoints: List[Path] = typer.Argument(..., help="Checkpoints, or one run dir with --last N."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the averaged checkpoint."),
-    last: Optional[int] = typer.Option(None, "--last", help="With a run dir: average its newest N step-*.pt."),
-):
-    """Average the weights of several checkpoints of one model (e.g. the last N saves)."""
-    from mtkit.model.checkpoint import save_checkpoint
-    from mtkit.tools.average import average_checkpoints, checkpoints_to_average
-
-    can_write(output)
-    paths = checkpoints_to_average(list(checkpoints), last)
-    if output.exists():
-        log.warning("overwriting %s", output)
-    save_checkpoint(output, average_checkpoints(paths))
-    typer.echo(f"averaged {len(paths)} checkpoints -> {output}", err=True)
-
-
-@app.command("export")
-@handles_errors
-def export_cmd(
-    model: str = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Directory to write (must not exist or be empty)."),
-    format: str = typer.Option("ctranslate2", "--format", help="Only ctranslate2 for now."),
-    quantization: str = typer.Option("float32", "--quantization",
-                                     help="Weights as float32, int8, int8_float32, float16 or bfloat16."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty output directory."),
-    set_: Optional[List[str]] = SetOpt,
-):
-    """Export a trained model for CTranslate2 (translate it with `mtkit translate DIR --engine ctranslate2`)."""
-    from mtkit.decoding.ct2 import export
-
-    if format != "ctranslate2":
-        raise ConfigError(f"--format: only ctranslate2 is supported (got {format!r})")
-    can_write(output, kind="export")
-    export(model, output, quantization, force, set_ or [])
-    typer.echo(f"exported {model} -> {output} (CTranslate2, {quantization})", err=True)
+app.command("average")(average_cmd)
+app.command("export")(export_cmd)
+app.command("import")(import_cmd)
 
 
 # ----------------------------------------------------------------------------- pictures

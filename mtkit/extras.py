@@ -1,8 +1,9 @@
 """The optional extras: imported only when a feature asks for them, one error line when missing.
 
 matplotlib (pictures: `mtkit inspect`, `mtkit plot`, curves.png) and ctranslate2 (`mtkit export`,
-`--engine ctranslate2`) are real dependencies of those features, installed by `make install`
-(`pip install -e .[plot,ct2]`), but mtkit runs without them. zstandard unpacks zstd-compressed
+`--engine ctranslate2`) and safetensors (`mtkit import` of a Hugging Face model) are real
+dependencies of those features, installed by `make install` (`pip install -e .[plot,ct2,hf]`), but
+mtkit runs without them. zstandard unpacks zstd-compressed
 Debian packages on Pythons before 3.14 (`mtkit data ding` falls back to dpkg-deb without it).
 This is the one module that imports packages inside functions, so that importing mtkit never
 needs an extra.
@@ -54,6 +55,16 @@ def ctranslate2() -> Any:
         raise MtkitError("CTranslate2 is not installed; install it with `pip install ctranslate2`"
                          " (or `pip install -e .[ct2]`, which `make install` does)") from None
     return ctranslate2
+
+
+def safetensors_torch() -> Any:
+    """safetensors.torch (reading and writing Hugging Face weights), or one error line."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise MtkitError("safetensors is not installed; install it with `pip install safetensors`"
+                         " (or `pip install -e .[hf]`, which `make install` does)") from None
+    return safetensors.torch
 
 
 def zstandard() -> Any | None:

@@ -26,11 +26,11 @@ LAYERS = (
     ("mtkit.training",),
     ("mtkit.tools",),
     ("mtkit.cli_base",),  # what every command shares: error lines, --debug, --set
-    ("mtkit.cli_data", "mtkit.cli", "mtkit.__main__"),
+    ("mtkit.cli_data", "mtkit.cli_models", "mtkit.cli", "mtkit.__main__"),
 )
 # They say why in their docstrings: --help must not load torch.
-LAZY_IMPORTS_ALLOWED = {"mtkit.cli", "mtkit.cli_base", "mtkit.cli_data"}
-OPTIONAL_EXTRAS = {"matplotlib", "ctranslate2", "zstandard"}  # imported on demand, in extras.py only
+LAZY_IMPORTS_ALLOWED = {"mtkit.cli", "mtkit.cli_base", "mtkit.cli_data", "mtkit.cli_models"}
+OPTIONAL_EXTRAS = {"matplotlib", "ctranslate2", "zstandard", "safetensors", "transformers"}  # imported on demand, in extras.py only
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60  # docstring excluded
 

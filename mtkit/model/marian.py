@@ -1,0 +1,207 @@
+"""`mtkit import`: a Hugging Face Marian model directory (OPUS-MT) as an mtkit checkpoint.
+
+The directory is what `MarianMTModel.save_pretrained` and `MarianTokenizer.save_pretrained` write
+and what Helsinki-NLP publishes: config.json, model.safetensors (or pytorch_model.bin), source.spm,
+target.spm and vocab.json. transformers itself is not needed: the weights are read with
+safetensors (or torch.load(weights_only=True)) and renamed to mtkit's modules.
+
+Marian is the paper's post-norm Transformer with model options mtkit names (configs/base.yaml):
+biases on the attention projections, an FFN activation (swish for OPUS-MT), sinusoids laid out sin
+half / cos half, embeddings scaled by sqrt(d_model) or not, and a final logits bias.
+
+The vocabulary: Marian's ids come from vocab.json (the SentencePiece models only cut text into
+pieces), with </s> at 0 and <pad> last, and its decoder starts from <pad>. mtkit's special ids
+are fixed (tokenizer.py), so the table is reordered: PAD, UNK, BOS, EOS first, then Marian's other
+pieces in Marian's order; every embedding row and the logits bias follow. mtkit's BOS is a copy of
+Marian's decoder start row; as an output it gets a logits bias of BOS_LOGIT_BIAS, so that the
+softmax runs over exactly Marian's pieces and the log-probabilities are Marian's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtkit import extras
+from mtkit.config import Config, ModelConfig, to_dict
+from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, UNK_ID, Tokenizer
+from mtkit.errors import CheckpointError
+from mtkit.model.transformer import Transformer
+
+log = logging.getLogger("mtkit")
+
+BOS_LOGIT_BIAS = -1e9  # mtkit's BOS is never an output: exp() of its logit is 0
+ACTIVATIONS = {"relu": "relu", "swish": "swish", "silu": "swish", "gelu": "gelu"}  # Marian's name -> mtkit's
+SPM_FILES = ("source.spm", "target.spm")
+
+
+def import_marian(directory: str | Path) -> dict[str, Any]:
+    """The Marian model in `directory` as an mtkit checkpoint state (config, model, tokenizer).
+
+    Raises:
+        CheckpointError: not a Marian model directory, a missing file, or an architecture mtkit
+            cannot express (one line naming the file and the setting).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not a directory; give a Marian model directory (config.json, model.safetensors,"
+                              " source.spm, target.spm, vocab.json)")
+    hf = _read_config(d / "config.json")
+    model_cfg = _model_config(hf, d / "config.json")
+    cfg = _config(d, hf, model_cfg)
+    tokenizer, order = _tokenizer(d, hf)
+    model = Transformer(model_cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, pad_id=PAD_ID)
+    weights = _read_weights(d)
+    model.load_state_dict(_mtkit_state(weights, hf, order, model_cfg.tie_embeddings, d), strict=True)
+    log.info("imported %s: %d parameters, %d pieces", d, model.num_parameters(), tokenizer.tgt_vocab_size)
+    return {"config": to_dict(cfg), "model": model.state_dict(), "tokenizer": tokenizer.to_bytes(), "step": 0,
+            "imported_from": str(d.resolve())}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; a Marian model directory has config.json (save_pretrained writes it)")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(hf, dict) or hf.get("model_type") != "marian":
+        got = hf.get("model_type") if isinstance(hf, dict) else None
+        raise CheckpointError(f"{path}: model_type is {got!r}, not 'marian'; mtkit import reads Marian (OPUS-MT) models")
+    return hf
+
+
+def _config(d: Path, hf: dict[str, Any], model_cfg: ModelConfig) -> Config:
+    """The checkpoint's config: the model's section, the languages MarianTokenizer saved (they pick
+    evaluation's BLEU tokenizer), the beam size of its generation settings; the rest mtkit's defaults."""
+    cfg = Config()
+    saved, generation = _optional_json(d / "tokenizer_config.json"), _optional_json(d / "generation_config.json")
+    names = {"src_lang": "source_lang", "tgt_lang": "target_lang"}
+    langs = {ours: str(saved[theirs]) for ours, theirs in names.items() if saved.get(theirs)}
+    beams = generation.get("num_beams", hf.get("num_beams"))
+    decode = replace(cfg.decode, beam_size=beams) if isinstance(beams, int) and beams > 0 else cfg.decode
+    # No training data: the config is the model's; `mtkit train --init-from` brings its own data.
+    return replace(cfg, model=model_cfg, data=replace(cfg.data, train=(), **langs), decode=decode)
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    """A JSON object from an optional side file; empty when it is missing or unreadable."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _model_config(hf: dict[str, Any], path: Path) -> ModelConfig:
+    """mtkit's `model` section for a Marian config.json."""
+
+    def same(a: str, b: str) -> Any:
+        if hf.get(a) != hf.get(b):
+            raise CheckpointError(f"{path}: {a} ({hf.get(a)}) differs from {b} ({hf.get(b)}); mtkit models use one"
+                                  " value for encoder and decoder")
+        return hf[a]
+
+    activation = hf.get("activation_function", "gelu")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"{path}: activation_function {activation!r} is not supported; mtkit has"
+                              f" {sorted(set(ACTIVATIONS))}")
+    if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
+        raise CheckpointError(f"{path}: normalize_before / add_final_layer_norm: mtkit imports post-norm Marian models")
+    if not hf.get("share_encoder_decoder_embeddings", True):
+        raise CheckpointError(f"{path}: share_encoder_decoder_embeddings is false (separate vocabularies);"
+                              " mtkit imports Marian models with one shared vocabulary")
+    return ModelConfig(
+        d_model=hf["d_model"], heads=same("encoder_attention_heads", "decoder_attention_heads"),
+        d_ff=same("encoder_ffn_dim", "decoder_ffn_dim"), encoder_layers=hf["encoder_layers"],
+        decoder_layers=hf["decoder_layers"], dropout=float(hf.get("dropout", 0.1)),
+        attention_dropout=float(hf.get("attention_dropout", 0.0)), norm_first=False,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), activation=ACTIVATIONS[activation],
+        attention_bias=True, output_bias=True, scale_embeddings=bool(hf.get("scale_embedding", False)),
+        positions="halves",
+    )
+
+
+def _tokenizer(d: Path, hf: dict[str, Any]) -> tuple[Tokenizer, list[int]]:
+    """The table tokenizer and `order`: mtkit id -> Marian id (mtkit's BOS -> Marian's decoder start)."""
+    models = []
+    for name in SPM_FILES:
+        path = d / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not found; a Marian model directory has {' and '.join(SPM_FILES)}"
+                                  " (MarianTokenizer.save_pretrained writes them)")
+        models.append(path.read_bytes())
+    vocab_path = d / "vocab.json"
+    try:
+        marian = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{vocab_path}: not found; a Marian model directory has vocab.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{vocab_path}: not readable JSON ({e})") from None
+    size = hf.get("vocab_size")
+    pieces = {i: p for p, i in marian.items()} if isinstance(marian, dict) else {}
+    if sorted(pieces) != list(range(len(pieces))) or len(pieces) != size:
+        raise CheckpointError(f"{vocab_path}: must map {size} pieces (config.json vocab_size) to the ids 0..{size - 1}")
+    special = {PAD_ID: hf.get("pad_token_id"), UNK_ID: marian.get("<unk>"), BOS_ID: hf.get("decoder_start_token_id"),
+               EOS_ID: hf.get("eos_token_id")}
+    if any(not isinstance(i, int) or i not in pieces for i in special.values()):
+        raise CheckpointError(f"{vocab_path}: pad, <unk>, decoder start and eos ids must be pieces of it"
+                              f" (got {special})")
+    order = [special[i] for i in range(len(SPECIAL_PIECES))]
+    order += [i for i in range(size) if i not in set(special.values())]
+    table = list(SPECIAL_PIECES) + [pieces[i] for i in order[len(SPECIAL_PIECES):]]
+    try:
+        return Tokenizer(models[0], models[1], vocab=table), order
+    except Exception as e:
+        raise CheckpointError(f"{d}: {SPM_FILES[0]} / {SPM_FILES[1]}: {e}") from None
+
+
+def _read_weights(d: Path) -> dict[str, Tensor]:
+    if (d / "model.safetensors").is_file():
+        return extras.safetensors_torch().load_file(str(d / "model.safetensors"), device="cpu")
+    if (d / "pytorch_model.bin").is_file():
+        try:
+            return torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{d / 'pytorch_model.bin'}: not loadable as plain weights ({type(e).__name__})") from None
+    raise CheckpointError(f"{d}: has neither model.safetensors nor pytorch_model.bin")
+
+
+def _mtkit_state(w: dict[str, Tensor], hf: dict[str, Any], order: list[int], tied: bool, d: Path) -> dict[str, Tensor]:
+    """Marian's state dict renamed to mtkit's modules, vocabulary rows in mtkit's order."""
+    w = {k.removeprefix("model."): v for k, v in w.items()}
+    rows = torch.tensor(order)
+
+    def get(name: str) -> Tensor:
+        if name not in w:
+            raise CheckpointError(f"{d}: the weights lack {name!r}; the directory holds no complete Marian model")
+        return w[name]
+
+    shared = get("shared.weight") if "shared.weight" in w else get("encoder.embed_tokens.weight")
+    out = {"src_embed.weight": shared[rows], "tgt_embed.weight": shared[rows]}
+    lm_head = shared if tied else w.get("lm_head.weight", shared)
+    bias = w.get("final_logits_bias", torch.zeros(1, hf["vocab_size"])).reshape(-1)[rows].clone()
+    bias[BOS_ID] = BOS_LOGIT_BIAS
+    out["output.weight"], out["output.bias"] = lm_head[rows], bias
+    names = {"q_proj": "w_q", "k_proj": "w_k", "v_proj": "w_v", "out_proj": "w_o"}
+    for side, count in (("encoder", hf["encoder_layers"]), ("decoder", hf["decoder_layers"])):
+        for i in range(count):
+            src, dst = f"{side}.layers.{i}", f"{side}_layers.{i}"
+            attentions = [("self_attn", "self_attn")] + ([("encoder_attn", "cross_attn")] if side == "decoder" else [])
+            for theirs, ours in attentions:
+                for proj, mine in names.items():
+                    for kind in ("weight", "bias"):
+                        out[f"{dst}.{ours}.{mine}.{kind}"] = get(f"{src}.{theirs}.{proj}.{kind}")
+                for kind in ("weight", "bias"):
+                    out[f"{dst}.{ours}_residual.norm.{kind}"] = get(f"{src}.{theirs}_layer_norm.{kind}")
+            for kind in ("weight", "bias"):
+                out[f"{dst}.ffn.w_1.{kind}"] = get(f"{src}.fc1.{kind}")
+                out[f"{dst}.ffn.w_2.{kind}"] = get(f"{src}.fc2.{kind}")
+                out[f"{dst}.ffn_residual.norm.{kind}"] = get(f"{src}.final_layer_norm.{kind}")
+    return {k: v.float().contiguous() for k, v in out.items()}
