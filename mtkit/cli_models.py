@@ -37,18 +37,28 @@ def average_cmd(
 def export_cmd(
     model: str = typer.Argument(..., help="Checkpoint file, or a run dir (its best.pt)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory to write (must not exist or be empty)."),
-    format: str = typer.Option("ctranslate2", "--format", help="Only ctranslate2 for now."),
+    format: str = typer.Option("ctranslate2", "--format", help="ctranslate2, or huggingface (post-norm models)."),
     quantization: str = typer.Option("float32", "--quantization",
                                      help="Weights as float32, int8, int8_float32, float16 or bfloat16."),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty output directory."),
     set_: Optional[List[str]] = SetOpt,
 ):
-    """Export a trained model for CTranslate2 (translate it with `mtkit translate DIR --engine ctranslate2`)."""
+    """Export a trained model for CTranslate2 (translate it with `mtkit translate DIR --engine ctranslate2`)
+    or for Hugging Face transformers (AutoModelForSeq2SeqLM.from_pretrained(DIR))."""
+    if format not in ("ctranslate2", "huggingface"):
+        raise ConfigError(f"--format: ctranslate2 or huggingface (got {format!r})")
+    can_write(output, kind="export")
+    if format == "huggingface":
+        from mtkit.model.marian_export import export_huggingface
+
+        if quantization != "float32" or set_:
+            raise ConfigError("--format huggingface writes float32 weights and the model's own settings;"
+                              " drop --quantization and --set")
+        export_huggingface(model, output, force)
+        typer.echo(f"exported {model} -> {output} (Hugging Face transformers, Marian)", err=True)
+        return
     from mtkit.decoding.ct2 import export
 
-    if format != "ctranslate2":
-        raise ConfigError(f"--format: only ctranslate2 is supported (got {format!r})")
-    can_write(output, kind="export")
     export(model, output, quantization, force, set_ or [])
     typer.echo(f"exported {model} -> {output} (CTranslate2, {quantization})", err=True)
 

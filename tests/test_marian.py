@@ -9,7 +9,7 @@ import torch
 from mtkit.config import DecodeConfig, from_plain_dict
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from mtkit.decoding.search import search
-from mtkit.errors import CheckpointError
+from mtkit.errors import CheckpointError, ConfigError
 from mtkit.model.marian import import_marian
 from mtkit.model.transformer import Transformer
 from tests.hf_marian import build_marian_dir, sentences
@@ -182,6 +182,8 @@ def test_cli_import_then_translate_and_export_to_ctranslate2(marian, tmp_path):
                                 max_new_tokens=40)
     theirs = hf_tok.batch_decode(generated, skip_special_tokens=True)
     assert ours == theirs
+    r = runner.invoke(app, ["export", str(pt), "--format", "huggingface", "-o", str(tmp_path / "hf")])
+    assert r.exit_code == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), r.output
     # CTranslate2: the options of the imported architecture (biases, swish, sinusoid halves, logits
     # bias) reach its spec, so it translates as mtkit does.
     pytest.importorskip("ctranslate2", reason="the ct2 extra: `pip install -e .[ct2]` (make install does)")
@@ -230,3 +232,76 @@ def test_fine_tuning_an_imported_model_learns_a_task_and_resumes_exactly(marian,
     train(config("resumed", 20, every=10), init_from=str(parent))
     a, b = (load_checkpoint(tmp_path / f"{r}/last.pt")["model"] for r in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _hf_greedy(directory, lines, new_tokens):
+    """transformers' own greedy translations of `lines` with the model and tokenizer saved in `directory`."""
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    with torch.no_grad():
+        out = model.generate(**tokenizer(lines, return_tensors="pt", padding=True), num_beams=1, do_sample=False,
+                             max_new_tokens=new_tokens)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def _mtkit_greedy(path, lines, new_tokens):
+    from mtkit.decoding.translate import translate_lines
+    from mtkit.model.loading import load_model
+
+    model, tok, _ = load_model(path)
+    limit = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=new_tokens - 1, precision="fp32")
+    return [ts[0].text for ts in translate_lines(model, tok, lines, limit)]
+
+
+def test_huggingface_export_of_an_imported_model_loads_and_translates_alike(marian, tmp_path):
+    from mtkit.model.checkpoint import save_checkpoint
+    from mtkit.model.marian_export import export_huggingface
+
+    save_checkpoint(tmp_path / "opus.pt", import_marian(marian[0]))
+    out = export_huggingface(tmp_path / "opus.pt", tmp_path / "hf")
+    lines = sentences(60, seed=41)
+    assert _hf_greedy(out, lines, 20) == _mtkit_greedy(tmp_path / "opus.pt", lines, 20)
+    # ... and imported again, it is the same checkpoint's model.
+    again, first = import_marian(out)["model"], import_marian(marian[0])["model"]
+    assert all(torch.allclose(again[k], first[k]) for k in first)
+
+
+@pytest.mark.parametrize("positions", ["interleaved", "halves"])
+def test_huggingface_export_of_an_mtkit_post_norm_model(tmp_path, tiny_tokenizer, positions):
+    from mtkit.config import Config, ModelConfig, to_dict
+    from mtkit.model.checkpoint import save_checkpoint
+    from mtkit.model.marian_export import export_huggingface
+
+    # A random post-norm model with mtkit's defaults otherwise (relu, no attention biases), its
+    # biases and layer norms random too so that every permuted weight counts.
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(d_model=32, heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, norm_first=False,
+                            positions=positions)
+    model = Transformer(model_cfg, tiny_tokenizer.src_vocab_size, tiny_tokenizer.tgt_vocab_size)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.3)
+            else:
+                p.mul_(3.0)  # sharper distributions: greedy outputs differ between sentences
+    cfg = Config(model=model_cfg, data=Config().data.__class__(train=()))
+    save_checkpoint(tmp_path / "m.pt", {"config": to_dict(cfg), "model": model.state_dict(),
+                                        "tokenizer": tiny_tokenizer.to_bytes(), "step": 0})
+    out = export_huggingface(tmp_path / "m.pt", tmp_path / "hf")
+    lines = ["das ist ein haus", "der hund", "ich sehe die katze nicht", "a b c"]
+    ours = _mtkit_greedy(tmp_path / "m.pt", lines, 12)
+    assert _hf_greedy(out, lines, 12) == ours and len(set(ours)) > 1
+
+
+def test_huggingface_export_refuses_a_pre_norm_model_in_one_line(tmp_path, tiny_tokenizer):
+    from mtkit.config import Config, to_dict
+    from mtkit.model.checkpoint import save_checkpoint
+    from mtkit.model.marian_export import export_huggingface
+
+    cfg = Config()
+    model = Transformer(cfg.model, tiny_tokenizer.src_vocab_size, tiny_tokenizer.tgt_vocab_size)
+    save_checkpoint(tmp_path / "m.pt", {"config": to_dict(cfg), "model": model.state_dict(),
+                                        "tokenizer": tiny_tokenizer.to_bytes(), "step": 0})
+    with pytest.raises(ConfigError, match="a pre-norm model .* has no Marian form in transformers"):
+        export_huggingface(tmp_path / "m.pt", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

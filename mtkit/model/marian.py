@@ -53,12 +53,18 @@ def import_marian(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{d}: not a directory; give a Marian model directory (config.json, model.safetensors,"
                               " source.spm, target.spm, vocab.json)")
     hf = _read_config(d / "config.json")
-    model_cfg = _model_config(hf, d / "config.json")
+    try:
+        model_cfg = _model_config(hf, d / "config.json")
+    except KeyError as e:
+        raise CheckpointError(f"{d / 'config.json'}: lacks {e}; it is not a complete Marian config") from None
     cfg = _config(d, hf, model_cfg)
     tokenizer, order = _tokenizer(d, hf)
     model = Transformer(model_cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, pad_id=PAD_ID)
-    weights = _read_weights(d)
-    model.load_state_dict(_mtkit_state(weights, hf, order, model_cfg.tie_embeddings, d), strict=True)
+    state = _mtkit_state(_read_weights(d), hf, order, model_cfg.tie_embeddings, d)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{d}: the weights do not fit its config.json ({str(e).splitlines()[0][:160]})") from None
     log.info("imported %s: %d parameters, %d pieces", d, model.num_parameters(), tokenizer.tgt_vocab_size)
     return {"config": to_dict(cfg), "model": model.state_dict(), "tokenizer": tokenizer.to_bytes(), "step": 0,
             "imported_from": str(d.resolve())}
