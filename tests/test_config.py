@@ -208,7 +208,7 @@ def test_base_yaml_documents_every_key_with_its_default():
     assert base.decode == DecodeConfig()
 
 
-@pytest.mark.parametrize("name", ["base.yaml", "ding-de-en.yaml", "tiny-reverse.yaml"])
+@pytest.mark.parametrize("name", ["base.yaml", "ding-de-en.yaml", "ding-finetune.yaml", "tiny-reverse.yaml"])
 def test_shipped_configs_load(name):
     load_config(ROOT / "configs" / name)
 

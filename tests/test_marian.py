@@ -2,6 +2,8 @@
 and translations in mtkit as in transformers itself."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from mtkit.model.marian import import_marian
 from mtkit.model.transformer import Transformer
 from tests.hf_marian import build_marian_dir, sentences
 
+ROOT = Path(__file__).resolve().parents[1]
 transformers = pytest.importorskip("transformers", reason="transformers is an optional extra (make install has it)")
 
 
@@ -232,6 +235,17 @@ def test_fine_tuning_an_imported_model_learns_a_task_and_resumes_exactly(marian,
     train(config("resumed", 20, every=10), init_from=str(parent))
     a, b = (load_checkpoint(tmp_path / f"{r}/last.pt")["model"] for r in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The fine-tuned model (post-norm, trained in mtkit) loads in transformers and translates alike.
+    from mtkit.model.marian_export import export_huggingface
+
+    hf_dir = export_huggingface(tmp_path / "tuned/last.pt", tmp_path / "tuned-hf")
+    lines = sentences(30, seed=43)
+    assert _hf_greedy(hf_dir, lines, 16) == _mtkit_greedy(tmp_path / "tuned/last.pt", lines, 16)
+    # The shipped fine-tuning config names no model or tokenizer key: it takes an imported model as it is.
+    from mtkit.training.rundir import config_for_init
+
+    shipped = config_for_init(load_config(ROOT / "configs/ding-finetune.yaml"), parent)
+    assert shipped.model == replace(from_plain_dict(load_checkpoint(parent)["config"]).model, dropout=0.1)
 
 
 def _hf_greedy(directory, lines, new_tokens):

@@ -186,9 +186,12 @@ def test_moved_run_dir_resumes_where_it_now_is(tmp_path):
 def test_init_from_fine_tunes(tmp_path):
     train(tiny_config(tmp_path, "parent", ["train.max_steps=10"]))
     parent = load_checkpoint(tmp_path / "parent/last.pt")
-    # the child asks for another vocabulary size, but fine-tuning must keep the parent's tokenizer
+    # Fine-tuning keeps the parent's tokenizer: a config that asks for another vocabulary is one error line.
     cfg = tiny_config(tmp_path, "child", ["train.max_steps=1", "train.eval_every=100", "train.lr=1e-9",
                                           "tokenizer.vocab_size=40"])
+    with pytest.raises(ConfigError, match=r"tokenizer.vocab_size: 40 here, \d+ in the checkpoint\); remove"):
+        train(cfg, init_from=str(tmp_path / "parent/last.pt"))
+    cfg = tiny_config(tmp_path, "child", ["train.max_steps=1", "train.eval_every=100", "train.lr=1e-9"])
     train(cfg, init_from=str(tmp_path / "parent/last.pt"))
     child = load_checkpoint(tmp_path / "child/last.pt")
     assert child["tokenizer"] == parent["tokenizer"]

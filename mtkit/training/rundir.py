@@ -115,17 +115,23 @@ def config_for_init(cfg: Config, init_from: str | Path) -> Config:
 
     A key this config leaves at its default takes the checkpoint's value (logged); one it sets to
     another value than the checkpoint's is an error naming the keys. Dropout is the config's own.
+    The tokenizer comes from the checkpoint too: a tokenizer.vocab_size or tokenizer.joint that
+    contradicts it is the same error.
     """
-    parent = from_plain_dict(load_checkpoint(init_from)["config"]).model
+    state = load_checkpoint(init_from)
+    parent, tok = from_plain_dict(state["config"]).model, Tokenizer.from_bytes(state["tokenizer"])
     default, mine = type(parent)(), cfg.model
     differ = [f.name for f in fields(parent) if f.name not in TRAINING_ONLY_MODEL_KEYS
               and getattr(mine, f.name) != getattr(parent, f.name)]
-    conflicts = [k for k in differ if getattr(mine, k) != getattr(default, k)]
-    if conflicts:
-        shown = "; ".join(f"model.{k}: {getattr(mine, k)!r} here, {getattr(parent, k)!r} in the checkpoint"
-                          for k in conflicts)
-        raise ConfigError(f"--init-from {init_from}: the model comes from the checkpoint, but the config says"
-                          f" otherwise ({shown}); remove those keys from the config")
+    shown = [f"model.{k}: {getattr(mine, k)!r} here, {getattr(parent, k)!r} in the checkpoint"
+             for k in differ if getattr(mine, k) != getattr(default, k)]
+    t, t_default = cfg.tokenizer, type(cfg.tokenizer)()
+    for key, theirs in (("vocab_size", tok.tgt_vocab_size), ("joint", tok.joint)):
+        if getattr(t, key) not in (getattr(t_default, key), theirs):
+            shown.append(f"tokenizer.{key}: {getattr(t, key)!r} here, {theirs!r} in the checkpoint")
+    if shown:
+        raise ConfigError(f"--init-from {init_from}: the model and its tokenizer come from the checkpoint, but the"
+                          f" config says otherwise ({'; '.join(shown)}); remove those keys from the config")
     if differ:
         log.info("--init-from: model %s from %s", ", ".join(f"{k}={getattr(parent, k)!r}" for k in differ), init_from)
     kept = {k: getattr(mine, k) for k in TRAINING_ONLY_MODEL_KEYS}
