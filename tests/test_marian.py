@@ -147,6 +147,14 @@ def test_bad_marian_directories_are_one_error_each(marian, tmp_path, problem, me
         (d / "config.json").unlink()
     with pytest.raises(CheckpointError, match=message):
         import_marian(d)
+    if problem == "no_spm":  # through the command: one line, exit code 1, nothing written
+        from typer.testing import CliRunner
+
+        from mtkit.cli import app
+
+        r = CliRunner().invoke(app, ["import", str(d), "-o", str(tmp_path / "m.pt")])
+        assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("error: ")
+        assert "target.spm: not found" in r.output and not (tmp_path / "m.pt").exists()
 
 
 def _pad(rows, pad):
