@@ -10,7 +10,7 @@ metrics.jsonl, log_every 1), and the peak memory of the process tree sampled eve
 memory-mapped Arrow files, which the kernel can drop), for the main process and for the largest
 worker. Prints one table row and one JSON line per size.
 
-usage: python bench/first_update.py --pairs 500000 4500000 --work /tmp/first-update
+usage: python bench/first_update.py --pairs 500000 4500000 --work /tmp/first-update [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--pairs", type=int, nargs="+", required=True)
     p.add_argument("--work", type=Path, required=True, help="folder for corpora and run dirs")
     p.add_argument("--vocab", type=int, default=16000)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="another config override for mtkit train (repeatable)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{'pairs':>10} {'first s':>8} {'anon MB':>8} {'file MB':>8} {'worker anon':>11} {'resume s':>8}"
@@ -111,7 +113,8 @@ def main() -> None:
                             str(corpus)], check=True)
         run = args.work / f"run{n}"
         sets = [f"run_dir={run}", f"data.train.src={corpus}.de", f"data.train.tgt={corpus}.en", "data.valid=null",
-                f"tokenizer.vocab_size={args.vocab}", "train.log_every=1", "train.max_steps=20", "train.max_time=null"]
+                f"tokenizer.vocab_size={args.vocab}", "train.log_every=1", "train.max_steps=20", "train.max_time=null",
+                *args.sets]
         overrides = [x for s in sets for x in ("--set", s)]
         config = [str(ROOT / "configs/base.yaml"), *overrides]
         first = run_until_update([*config, "--overwrite"], run / "metrics.jsonl", args.work / f"first{n}.log")
