@@ -13,7 +13,7 @@ from pathlib import Path
 
 import tomllib
 
-EXTRAS = ("test", "ct2", "plot")  # what `make install` installs
+EXTRAS = ("test", "ct2", "plot", "hf")  # what `make install` installs
 
 
 def main() -> None:

@@ -384,7 +384,12 @@ def test_cli_sampling_is_reproducible_and_its_flags_need_sample(trained, tmp_pat
         r = CliRunner().invoke(app, [*args, "--sample", "--nbest", "2", "--topp", "0.9", "--seed", "5", *extra])
         assert r.exit_code == 0, r.output
         outs.append(r.stdout)
-    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 2 * len((root / "data/test.src").read_text().splitlines())
+    # The same samples whatever the batches; their scores to float rounding (fp32 matmuls of other
+    # batch shapes may round differently in the last place).
+    rows = [[line.split(" ||| ") for line in out.splitlines()] for out in outs]
+    assert [r[:2] for r in rows[0]] == [r[:2] for r in rows[1]]
+    assert all(abs(float(a[2]) - float(b[2])) < 1e-3 for a, b in zip(rows[0], rows[1], strict=True))
+    assert len(rows[0]) == 2 * len((root / "data/test.src").read_text().splitlines())
     r = CliRunner().invoke(app, [*args, "--topk", "5"])
     assert r.exit_code != 0
     assert r.output.strip().splitlines()[-1] == "error: --topk, --topp, --temperature and --seed shape sampling; add --sample"

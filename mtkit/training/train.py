@@ -42,8 +42,6 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
     wait, then they open it read-only. Only rank 0 writes logs, metrics and checkpoints.
     """
     keep_freed_memory()
-    if init_from is not None:
-        cfg = config_for_init(cfg, init_from)
     t = cfg.train
     # What can fail in a second fails now, not after tokenizer training and data preparation: every
     # data file, the run dir, and a dev BLEU tokenizer that cannot run.
@@ -62,6 +60,8 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
             torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores (Ampere+)
         if not world.is_main:
             distributed.barrier(world)
+        if init_from is not None:  # the model section comes from the parent (on rank 0 first, like prepare_run)
+            cfg = config_for_init(cfg, init_from)
         run = prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
         if run.lock is not None:
             cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
