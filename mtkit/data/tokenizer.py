@@ -9,7 +9,6 @@ tokenizer_training.py.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ import sentencepiece as spm
 
 from mtkit import files
 from mtkit.errors import DataError
-
-log = logging.getLogger("mtkit")
 
 # Fixed special ids, the same in every vocabulary, so model, batching and search agree on them.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -30,7 +27,6 @@ SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces at PAD_ID, UNK_
 JOINT_FILE = "spm.model"
 SRC_FILE, TGT_FILE = "spm.src.model", "spm.tgt.model"
 VOCAB_FILE = "vocab.json"  # a vocabulary table (an imported model's): its pieces in id order
-
 
 
 class Tokenizer:

@@ -31,7 +31,7 @@ from torch import Tensor
 from mtkit import extras
 from mtkit.config import Config, ModelConfig, to_dict
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, UNK_ID, Tokenizer
-from mtkit.errors import CheckpointError
+from mtkit.errors import CheckpointError, DataError
 from mtkit.model.transformer import Transformer
 
 log = logging.getLogger("mtkit")
@@ -164,7 +164,7 @@ def _tokenizer(d: Path, hf: dict[str, Any]) -> tuple[Tokenizer, list[int]]:
     table = list(SPECIAL_PIECES) + [pieces[i] for i in order[len(SPECIAL_PIECES):]]
     try:
         return Tokenizer(models[0], models[1], vocab=table), order
-    except Exception as e:
+    except DataError as e:
         raise CheckpointError(f"{d}: {SPM_FILES[0]} / {SPM_FILES[1]}: {e}") from None
 
 
