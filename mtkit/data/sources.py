@@ -24,6 +24,7 @@ from mtkit.config import DataConfig, SplitConfig
 from mtkit.configcheck import corpus_key
 from mtkit.data import readers
 from mtkit.errors import ConfigError, DataError
+from mtkit.memory import release_freed_memory
 
 log = logging.getLogger("mtkit")
 
@@ -214,6 +215,9 @@ def _materialise(rows: Iterator[tuple[str, str]], name: str, cache: str | None, 
         except OSError as e:
             raise DataError(f"{where}: cannot write the data cache in {folder} ({e}); free disk space"
                             " or choose a writable run_dir") from e
+        # The rows passed through as Python strings: give the freed heap back (150 MB at 4.5M pairs)
+        # before tokenizer training, and before encoding workers are forked with it.
+        release_freed_memory()
     return datasets.Dataset.from_file(str(path))
 
 
