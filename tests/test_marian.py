@@ -129,6 +129,8 @@ def test_greedy_and_beam_translations_equal_transformers_generate(marian):
     ("no_spm", "target.spm: not found"),
     ("activation", "activation_function 'tanh' is not supported"),
     ("no_config", "config.json: not found"),
+    ("no_key", "config.json: lacks 'd_model'"),
+    ("misfit", "the weights do not fit its config.json"),
 ])
 def test_bad_marian_directories_are_one_error_each(marian, tmp_path, problem, message):
     import shutil
@@ -140,6 +142,10 @@ def test_bad_marian_directories_are_one_error_each(marian, tmp_path, problem, me
         config["model_type"] = "bart"
     elif problem == "activation":
         config["activation_function"] = "tanh"
+    elif problem == "no_key":
+        del config["d_model"]
+    elif problem == "misfit":
+        config["encoder_ffn_dim"] = config["decoder_ffn_dim"] = 65
     (d / "config.json").write_text(json.dumps(config))
     if problem == "no_spm":
         (d / "target.spm").unlink()
