@@ -179,6 +179,26 @@ def _read_weights(d: Path) -> dict[str, Tensor]:
     raise CheckpointError(f"{d}: has neither model.safetensors nor pytorch_model.bin")
 
 
+def layer_modules(encoder_layers: int, decoder_layers: int) -> list[tuple[str, str, str]]:
+    """(mtkit module, Marian module, role) for every Linear and LayerNorm of the layers; the role says
+    how it meets the residual stream (d_model): "reads" it (input side), "writes" it (output side),
+    or "norm" (a LayerNorm over it). The import and the export (marian_export.py) both follow it."""
+    projections = {"w_q": ("q_proj", "reads"), "w_k": ("k_proj", "reads"), "w_v": ("v_proj", "reads"),
+                   "w_o": ("out_proj", "writes")}
+    found = []
+    for side, count in (("encoder", encoder_layers), ("decoder", decoder_layers)):
+        for i in range(count):
+            ours, theirs = f"{side}_layers.{i}", f"{side}.layers.{i}"
+            attentions = [("self_attn", "self_attn")] + ([("cross_attn", "encoder_attn")] if side == "decoder" else [])
+            for mine, hf in attentions:
+                found += [(f"{ours}.{mine}.{proj}", f"{theirs}.{hf}.{name}", role)
+                          for proj, (name, role) in projections.items()]
+                found.append((f"{ours}.{mine}_residual.norm", f"{theirs}.{hf}_layer_norm", "norm"))
+            found += [(f"{ours}.ffn.w_1", f"{theirs}.fc1", "reads"), (f"{ours}.ffn.w_2", f"{theirs}.fc2", "writes"),
+                      (f"{ours}.ffn_residual.norm", f"{theirs}.final_layer_norm", "norm")]
+    return found
+
+
 def _mtkit_state(w: dict[str, Tensor], hf: dict[str, Any], order: list[int], tied: bool, d: Path) -> dict[str, Tensor]:
     """Marian's state dict renamed to mtkit's modules, vocabulary rows in mtkit's order."""
     w = {k.removeprefix("model."): v for k, v in w.items()}
@@ -195,19 +215,7 @@ def _mtkit_state(w: dict[str, Tensor], hf: dict[str, Any], order: list[int], tie
     bias = w.get("final_logits_bias", torch.zeros(1, hf["vocab_size"])).reshape(-1)[rows].clone()
     bias[BOS_ID] = BOS_LOGIT_BIAS
     out["output.weight"], out["output.bias"] = lm_head[rows], bias
-    names = {"q_proj": "w_q", "k_proj": "w_k", "v_proj": "w_v", "out_proj": "w_o"}
-    for side, count in (("encoder", hf["encoder_layers"]), ("decoder", hf["decoder_layers"])):
-        for i in range(count):
-            src, dst = f"{side}.layers.{i}", f"{side}_layers.{i}"
-            attentions = [("self_attn", "self_attn")] + ([("encoder_attn", "cross_attn")] if side == "decoder" else [])
-            for theirs, ours in attentions:
-                for proj, mine in names.items():
-                    for kind in ("weight", "bias"):
-                        out[f"{dst}.{ours}.{mine}.{kind}"] = get(f"{src}.{theirs}.{proj}.{kind}")
-                for kind in ("weight", "bias"):
-                    out[f"{dst}.{ours}_residual.norm.{kind}"] = get(f"{src}.{theirs}_layer_norm.{kind}")
-            for kind in ("weight", "bias"):
-                out[f"{dst}.ffn.w_1.{kind}"] = get(f"{src}.fc1.{kind}")
-                out[f"{dst}.ffn.w_2.{kind}"] = get(f"{src}.fc2.{kind}")
-                out[f"{dst}.ffn_residual.norm.{kind}"] = get(f"{src}.final_layer_norm.{kind}")
+    for ours, theirs, _ in layer_modules(hf["encoder_layers"], hf["decoder_layers"]):
+        for kind in ("weight", "bias"):
+            out[f"{ours}.{kind}"] = get(f"{theirs}.{kind}")
     return {k: v.float().contiguous() for k, v in out.items()}

@@ -28,6 +28,7 @@ from mtkit.config import Config
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from mtkit.errors import ConfigError
 from mtkit.model.loading import load_model
+from mtkit.model.marian import layer_modules
 from mtkit.model.transformer import Transformer, sinusoidal_positions
 
 MAX_POSITIONS = 1024  # Marian's position table (max_position_embeddings)
@@ -77,34 +78,17 @@ def marian_weights(model: Transformer) -> dict[str, Tensor]:
         t = t[axis] if rows else t
         return (t[:, axis] if cols else t).clone()
 
-    def linear(prefix: str, out: str, reads: bool, writes: bool) -> dict[str, Tensor]:
-        w = sd[f"{prefix}.weight"]
-        b = sd.get(f"{prefix}.bias", torch.zeros(w.size(0)))
-        return {f"{out}.weight": residual(w, rows=writes, cols=reads), f"{out}.bias": residual(b, rows=writes)}
-
     shared = residual(sd["src_embed.weight"], cols=True)  # (V, D)
     table = sinusoidal_positions(MAX_POSITIONS, D, layout="halves")
     out = {"model.shared.weight": shared, "model.encoder.embed_positions.weight": table,
            "model.decoder.embed_positions.weight": table.clone(),
            "final_logits_bias": sd.get("output.bias", torch.zeros(shared.size(0))).reshape(1, -1).clone()}
-    names = {"w_q": "q_proj", "w_k": "k_proj", "w_v": "v_proj", "w_o": "out_proj"}
-    for side, count in (("encoder", m.encoder_layers), ("decoder", m.decoder_layers)):
-        for i in range(count):
-            ours, theirs = f"{side}_layers.{i}", f"model.{side}.layers.{i}"
-            attentions = [("self_attn", "self_attn")] + ([("cross_attn", "encoder_attn")] if side == "decoder" else [])
-            for mine, hf in attentions:
-                for proj, name in names.items():
-                    out |= linear(f"{ours}.{mine}.{proj}", f"{theirs}.{hf}.{name}", reads=proj != "w_o",
-                                  writes=proj == "w_o")
-                out |= _norm(sd, f"{ours}.{mine}_residual.norm", f"{theirs}.{hf}_layer_norm", residual)
-            out |= linear(f"{ours}.ffn.w_1", f"{theirs}.fc1", reads=True, writes=False)
-            out |= linear(f"{ours}.ffn.w_2", f"{theirs}.fc2", reads=False, writes=True)
-            out |= _norm(sd, f"{ours}.ffn_residual.norm", f"{theirs}.final_layer_norm", residual)
+    for ours, theirs, role in layer_modules(m.encoder_layers, m.decoder_layers):
+        w = sd[f"{ours}.weight"]
+        b = sd.get(f"{ours}.bias", torch.zeros(w.size(0)))  # mtkit's attention may have no biases
+        out[f"model.{theirs}.weight"] = residual(w, rows=role != "reads", cols=role == "reads")
+        out[f"model.{theirs}.bias"] = residual(b, rows=role != "reads")
     return {k: v.contiguous() for k, v in out.items()}
-
-
-def _norm(sd: dict[str, Tensor], ours: str, theirs: str, residual: Any) -> dict[str, Tensor]:
-    return {f"{theirs}.{k}": residual(sd[f"{ours}.{k}"], rows=True) for k in ("weight", "bias")}
 
 
 def _config(cfg: Config, vocab_size: int) -> dict[str, Any]:
