@@ -27,7 +27,7 @@ def sample_size(tables: Sequence[datasets.Dataset], columns: Sequence[str], max_
                 max_bytes: int) -> tuple[int, int, int]:
     """(sentences in all, their UTF-8 bytes, how many the sample takes: all while they fit)."""
     total = sum(len(t) for t in tables) * len(columns)
-    nbytes = sum(int(pc.sum(pc.binary_length(_column(t, c))).as_py() or 0) for c in columns for t in tables)
+    nbytes = sum(_text_bytes(t, c) for c in columns for t in tables)
     fits = int(max_bytes / max(nbytes / max(total, 1), 1.0))  # sentences of the average length that fit
     return total, nbytes, min(total, max_sentences, fits)
 
@@ -43,16 +43,44 @@ def sample_text(tables: Sequence[datasets.Dataset], columns: Sequence[str], take
         picks = np.sort(np.random.default_rng(SAMPLE_SEED).choice(total, size=take, replace=False))
     start = 0
     for (table, column), size in zip(parts, sizes, strict=True):
-        col = _column(table, column)
-        rows = None if picks is None else picks[np.searchsorted(picks, start): np.searchsorted(picks, start + size)] - start
+        rows = table_rows(table)  # the backing table's rows the Dataset shows (select leaves a mapping)
+        rows = None if rows is None else rows.astype(np.int64)
+        if picks is not None:
+            mine = picks[np.searchsorted(picks, start): np.searchsorted(picks, start + size)] - start
+            rows = mine if rows is None else rows[mine]
         start += size
-        for at in range(0, size if rows is None else len(rows), READ_ROWS):
-            part = col.slice(at, READ_ROWS) if rows is None else col.take(pa.array(rows[at: at + READ_ROWS]))
-            yield from (s for s in part.to_pylist() if s)
+        yield from (s for s in _strings(table.data.column(column), rows) if s)
 
 
-def _column(table: datasets.Dataset, column: str) -> pa.ChunkedArray:
-    """A text column as the Dataset shows it (through its row mapping, if select left one)."""
-    col = table.data.column(column)
-    rows = table_rows(table)
-    return col if rows is None else col.take(pa.array(rows))
+def _text_bytes(table: datasets.Dataset, column: str) -> int:
+    """UTF-8 bytes of a text column as the Dataset shows it (through its row mapping, if any)."""
+    col, rows = table.data.column(column), table_rows(table)
+    if rows is None:
+        return int(pc.sum(pc.binary_length(col)).as_py() or 0)
+    return int(pc.binary_length(col).to_numpy()[rows].sum())
+
+
+def _strings(col: pa.ChunkedArray, rows: np.ndarray | None) -> Iterator[str]:
+    """col[rows] (all of col when None) as Python strings, READ_ROWS at a time, in the order of rows.
+
+    Taken chunk by chunk: ChunkedArray.take concatenates the whole column first, which held 2 GB of
+    Arrow memory for a 20M-pair corpus (and overflows a string column's 32-bit offsets beyond 2 GB).
+    """
+    if rows is None:
+        for chunk in col.chunks:
+            for at in range(0, len(chunk), READ_ROWS):
+                yield from chunk.slice(at, READ_ROWS).to_pylist()
+        return
+    starts = np.cumsum([0] + [len(c) for c in col.chunks])  # (chunks + 1,) each chunk's first row
+    for at in range(0, len(rows), READ_ROWS):
+        part = rows[at: at + READ_ROWS]
+        chunk_of = np.searchsorted(starts, part, side="right") - 1  # each row's chunk
+        order = np.argsort(chunk_of, kind="stable")  # rows grouped by chunk, in their order within it
+        bounds = np.searchsorted(chunk_of[order], np.arange(len(starts)))  # each chunk's group in `order`
+        values: list[str | None] = [None] * len(part)
+        for i in np.flatnonzero(np.diff(bounds)):
+            where = order[bounds[i]: bounds[i + 1]]
+            taken = col.chunk(int(i)).take(pa.array(part[where] - starts[i])).to_pylist()
+            for j, value in zip(where.tolist(), taken, strict=True):
+                values[j] = value
+        yield from values
