@@ -255,6 +255,47 @@ def test_a_large_text_is_sampled_within_both_bounds_and_the_same_every_time():
     assert set(first) <= set(rows) | {r.upper() for r in rows}
 
 
+def test_the_sample_is_taken_chunk_by_chunk_through_a_row_mapping():
+    """A table of many Arrow chunks seen through an unsorted select mapping gives the same text as
+    its flattened copy, without concatenating the column (tokenizer_sample._strings)."""
+    import datasets
+
+    from mtkit.data.tokenizer_sample import sample_size, sample_text
+
+    parts = [datasets.Dataset.from_dict({"src": [f"s{c}-{i}" for i in range(300)], "tgt": [f"T{c}-{i}" * 2 for i in range(300)]})
+             for c in range(7)]
+    chunked = datasets.concatenate_datasets(parts)
+    assert chunked.data.column("src").num_chunks == 7
+    view = chunked.select(np.random.default_rng(1).permutation(2_100)[:1_500])  # unsorted mapping
+    flat = view.flatten_indices()
+    for take in (3_000, 700):  # all of it, in the view's order; a sample
+        assert sample_size([view], ["src", "tgt"], 10**6, 10**9) == sample_size([flat], ["src", "tgt"], 10**6, 10**9)
+        assert list(sample_text([view], ["src", "tgt"], take)) == list(sample_text([flat], ["src", "tgt"], take))
+    assert list(sample_text([view], ["src"], 1_500)) == view["src"]
+
+
+SAMPLE_MEMORY_PROBE = """
+import datasets, pyarrow as pa
+from mtkit.data.tokenizer_sample import sample_text
+big = datasets.concatenate_datasets([datasets.Dataset.from_dict({"src": ["x" * 200] * 5_000}) for _ in range(10)])
+before = pa.default_memory_pool().max_memory()
+assert len(list(sample_text([big], ["src"], 100))) == 100
+assert len(list(sample_text([big.select(range(49_999, -1, -1))], ["src"], 100))) == 100
+print(pa.default_memory_pool().max_memory() - before)
+"""
+
+
+@pytest.mark.slow
+def test_sampling_a_large_column_holds_no_copy_of_it():
+    """Arrow's peak memory grows by far less than the 10 MB column (ChunkedArray.take copied all of
+    it); in a fresh process, whose pool's high-water mark no earlier test has raised."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SAMPLE_MEMORY_PROBE], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) < 1_000_000
+
+
 def test_memory_is_reported_by_kind():
     from mtkit.memory import memory_line, note_memory, peak_memory_mb
 
@@ -264,6 +305,22 @@ def test_memory_is_reported_by_kind():
     assert peak["rss"] >= peak["anon"] >= now["anon"] // 2
     assert memory_line({"rss": 3390, "anon": 2473, "file": 264}) == "rss 3,390 MB (anonymous 2,473 MB, file-backed 264 MB)"
     assert memory_line({"anon": 580, "file": 981}) == "anonymous 580 MB, file-backed 981 MB"
+
+
+def test_a_peak_between_samples_is_caught_while_sampling(monkeypatch):
+    """sampled_memory sees a block allocated and freed between two note_memory calls (as
+    SentencePiece's training was, between the log lines)."""
+    from mtkit import memory
+
+    monkeypatch.setattr(memory, "_PEAKS", {"anon": 0, "file": 0})
+    before = memory.note_memory()["anon"]
+    with memory.sampled_memory(every_s=0.02):
+        block = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+        time.sleep(0.2)
+        del block
+        memory.release_freed_memory()  # back to the system, whatever keep_freed_memory set
+    assert memory.note_memory()["anon"] < before + 100  # a sample now would not see it
+    assert memory.peak_memory_mb("cpu")["anon"] > before + 250
 
 
 def test_corpora_of_every_format_go_in_one_table_with_their_tags(tmp_path):

@@ -19,7 +19,7 @@ from mtkit.data.pairs import prepare_data
 from mtkit.data.sources import check_data_files
 from mtkit.decoding.scoring import validation_scoring
 from mtkit.hardware import resolve_device
-from mtkit.memory import keep_freed_memory, memory_line, note_memory, release_freed_memory
+from mtkit.memory import keep_freed_memory, memory_line, note_memory, release_freed_memory, sampled_memory
 from mtkit.training import distributed
 from mtkit.training.rundir import config_for_init, prepare_run
 from mtkit.training.runlog import (
@@ -62,10 +62,11 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
             distributed.barrier(world)
         if init_from is not None:  # the model section comes from the parent (on rank 0 first, like prepare_run)
             cfg = config_for_init(cfg, init_from)
-        run = prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
-        if run.lock is not None:
-            cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
-        train, valid_ds = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
+        with sampled_memory():  # tokenizer training and data preparation peak between log lines
+            run = prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
+            if run.lock is not None:
+                cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
+            train, valid_ds = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
         release_freed_memory()  # what encoding and filtering freed; training allocates afresh
         log.info("data ready: memory %s", memory_line(note_memory()))
         if world.is_main:
