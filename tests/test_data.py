@@ -22,6 +22,8 @@ from mtkit.data.pairs import (
     filter_train,
     prepare_eval,
     prepare_train,
+    select_rows,
+    table_rows,
     token_lengths,
 )
 from mtkit.data.sources import load_pairs
@@ -358,6 +360,18 @@ def test_filter_counts_by_reason_in_order():
     assert [a.tolist() for a in token_lengths(kept)] == [[9, 5, 10], [3, 5, 10]]
     assert [a.tolist() for a in token_lengths(kept.select([2, 0]))] == [[10, 9], [10, 3]]
     assert report.format() == "8 pairs, kept 3; dropped 2 with an empty side, 2 too long, 1 with a bad length ratio"
+
+
+def test_select_rows_is_select_without_a_python_list_of_rows():
+    ds = datasets.Dataset.from_dict({"src_ids": [[i] * (i + 1) for i in range(10)], "tgt_ids": [[1]] * 10,
+                                     "n": list(range(10))})
+    for view in (ds, ds.select([9, 7, 5, 3, 1, 0])):  # the whole table; an index mapping already
+        rows = np.array([4, 0, 2])
+        picked = select_rows(view, rows)
+        assert picked[:] == view.select(rows)[:] and len(picked) == 3
+        assert table_rows(picked).tolist() == table_rows(view.select(rows)).tolist()
+        assert token_lengths(picked)[0].tolist() == [n + 1 for n in picked["n"]]
+    assert select_rows(ds, np.array([1, 2]))._fingerprint != select_rows(ds, np.array([1, 3]))._fingerprint
 
 
 def test_prepare_train_empty_after_filtering(tmp_path, tiny_tokenizer, de_en_files):
