@@ -70,13 +70,25 @@ def import_marian(directory: str | Path) -> dict[str, Any]:
             "imported_from": str(d.resolve())}
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found; a Marian model directory has config.json (save_pretrained writes it)")
+def _read_json(path: Path, required: bool = True) -> Any:
+    """The JSON in `path`. A required file that is missing or unreadable is a CheckpointError naming
+    it; an optional side file (tokenizer_config.json, generation_config.json) then gives {}."""
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not required:
+            return {}
+        raise CheckpointError(f"{path}: not found; a Marian model directory has {path.name}"
+                              " (save_pretrained writes it)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not required:
+            return {}
         raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    return found if required or isinstance(found, dict) else {}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    hf = _read_json(path)
     if not isinstance(hf, dict) or hf.get("model_type") != "marian":
         got = hf.get("model_type") if isinstance(hf, dict) else None
         raise CheckpointError(f"{path}: model_type is {got!r}, not 'marian'; mtkit import reads Marian (OPUS-MT) models")
@@ -87,22 +99,14 @@ def _config(d: Path, hf: dict[str, Any], model_cfg: ModelConfig) -> Config:
     """The checkpoint's config: the model's section, the languages MarianTokenizer saved (they pick
     evaluation's BLEU tokenizer), the beam size of its generation settings; the rest mtkit's defaults."""
     cfg = Config()
-    saved, generation = _optional_json(d / "tokenizer_config.json"), _optional_json(d / "generation_config.json")
+    saved = _read_json(d / "tokenizer_config.json", required=False)
+    generation = _read_json(d / "generation_config.json", required=False)
     names = {"src_lang": "source_lang", "tgt_lang": "target_lang"}
     langs = {ours: str(saved[theirs]) for ours, theirs in names.items() if saved.get(theirs)}
     beams = generation.get("num_beams", hf.get("num_beams"))
     decode = replace(cfg.decode, beam_size=beams) if isinstance(beams, int) and beams > 0 else cfg.decode
     # No training data: the config is the model's; `mtkit train --init-from` brings its own data.
     return replace(cfg, model=model_cfg, data=replace(cfg.data, train=(), **langs), decode=decode)
-
-
-def _optional_json(path: Path) -> dict[str, Any]:
-    """A JSON object from an optional side file; empty when it is missing or unreadable."""
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _model_config(hf: dict[str, Any], path: Path) -> ModelConfig:
@@ -144,12 +148,7 @@ def _tokenizer(d: Path, hf: dict[str, Any]) -> tuple[Tokenizer, list[int]]:
                                   " (MarianTokenizer.save_pretrained writes them)")
         models.append(path.read_bytes())
     vocab_path = d / "vocab.json"
-    try:
-        marian = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{vocab_path}: not found; a Marian model directory has vocab.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{vocab_path}: not readable JSON ({e})") from None
+    marian = _read_json(vocab_path)
     size = hf.get("vocab_size")
     pieces = {i: p for p, i in marian.items()} if isinstance(marian, dict) else {}
     if sorted(pieces) != list(range(len(pieces))) or len(pieces) != size:
