@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -60,6 +61,17 @@ def os_error_line(e: OSError) -> str:
     return f"{where}: {e.strerror or e}{hint}"
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for a tool that a closed pipe ended
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not hit the closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test's captured output)
+        pass
+
+
 def debug_on() -> bool:
     return STATE["debug"] or os.environ.get("MTKIT_DEBUG", "") not in ("", "0")
 
@@ -80,6 +92,11 @@ def handles_errors(fn):
             rank = os.environ.get("RANK", "0")  # under torchrun every process may report the same problem
             typer.echo(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except BrokenPipeError:  # the reader stopped reading (`mtkit translate ... | head`): not an error
+            if debug_on():
+                raise
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as e:  # the system refused a read or write that no check foresaw (disk full, ...)
             if debug_on():
                 raise

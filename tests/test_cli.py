@@ -222,3 +222,31 @@ def test_sigterm_during_training_saves_and_exits_143(tmp_path):
     assert p.returncode == 143, err
     assert "saved" in err and "Resume with the same" in err
     assert (tmp_path / "run/last.pt").exists()
+
+
+BROKEN_PIPE_PROBE = """
+import typer
+from mtkit.cli_base import handles_errors
+
+app = typer.Typer()
+
+@app.command()
+@handles_errors
+def lines():
+    for i in range(1_000_000):
+        print(f"line {i}")
+
+app()
+"""
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_ends_the_output_quietly():
+    """`mtkit translate ... | head`: the closed pipe ends the command with the shell's SIGPIPE status,
+    no `error:` line and no traceback (before: `error: Broken pipe`)."""
+    p = subprocess.Popen([sys.executable, "-c", BROKEN_PIPE_PROBE], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.stdout.readline() == b"line 0\n"
+    p.stdout.close()  # as head does after its lines
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 141 and err == b"", err
