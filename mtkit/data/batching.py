@@ -19,6 +19,10 @@ from mtkit.memory import release_freed_memory
 
 log = logging.getLogger("mtkit")
 
+# An epoch's sort of this many pairs frees ~50 MB (~25 bytes a pair: 0.5 GB at 20M), which is given
+# back once per epoch; a smaller corpus keeps it in the heap, where its updates reuse it.
+RELEASE_AFTER_SORTING = 2_000_000
+
 
 class TokenBatchSampler:
     """Batches of pair indices whose padded size stays within a token budget.
@@ -154,7 +158,8 @@ class TokenBatchSampler:
         """Yield (epoch, batch indices) forever, starting at the saved epoch and position."""
         while True:
             batches = self.epoch_batches(self.epoch)
-            release_freed_memory()  # the sort's temporaries: ~0.5 GB at 20M pairs, else kept in the heap
+            if len(self._cost) >= RELEASE_AFTER_SORTING:
+                release_freed_memory()  # the sort's temporaries, else kept in the heap for the updates to stack on
             while self.position < len(batches):
                 i = self.position
                 self.position += 1  # counted as handed out before the caller sees it
