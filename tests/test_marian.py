@@ -258,7 +258,7 @@ def test_fine_tuning_an_imported_model_learns_a_task_and_resumes_exactly(marian,
     # The shipped fine-tuning config names no model or tokenizer key: it takes an imported model as it is.
     from mtkit.training.rundir import config_for_init
 
-    shipped = config_for_init(load_config(ROOT / "configs/ding-finetune.yaml"), parent)
+    shipped = config_for_init(load_config(ROOT / "configs/ding-finetune.yaml"), parent, load_checkpoint(parent))
     assert shipped.model == replace(from_plain_dict(load_checkpoint(parent)["config"]).model, dropout=0.1)
 
 

@@ -44,11 +44,13 @@ class Run:
 
 
 def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = True,
-                init_from: str | Path | None = None, readonly: bool = False) -> Run:
+                init_from: str | Path | None = None, init_state: dict[str, Any] | None = None,
+                readonly: bool = False) -> Run:
     """Create or reopen the run dir; resume from its newest intact checkpoint if any.
 
     With `init_from` (and nothing to resume) the new run starts from that checkpoint's weights and
-    uses its tokenizer, since the weights only make sense with the vocabulary they were trained on.
+    uses its tokenizer, since the weights only make sense with the vocabulary they were trained on;
+    `init_state` is that checkpoint already loaded (config_for_init's), so it is not read twice.
     `readonly` (training processes other than rank 0, after rank 0 prepared the dir) writes nothing.
     The returned Run holds the run dir's lock (`Run.lock`, None when readonly); close it when done.
     """
@@ -60,7 +62,7 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
         files.writable_dir(run_dir, "run_dir")
         lock = lock_run_dir(run_dir)
     try:
-        run = _open_run(cfg, run_dir, overwrite, for_training, init_from, readonly)
+        run = _open_run(cfg, run_dir, overwrite, for_training, init_from, init_state, readonly)
     except BaseException:
         if lock is not None:
             lock.close()
@@ -70,7 +72,7 @@ def prepare_run(cfg: Config, *, overwrite: bool = False, for_training: bool = Tr
 
 
 def _open_run(cfg: Config, run_dir: Path, overwrite: bool, for_training: bool, init_from: str | Path | None,
-              readonly: bool) -> Run:
+              init_state: dict[str, Any] | None, readonly: bool) -> Run:
     if not readonly:
         if overwrite:
             clear_run(run_dir)
@@ -93,7 +95,7 @@ def _open_run(cfg: Config, run_dir: Path, overwrite: bool, for_training: bool, i
         if init_from:
             log.warning("--init-from ignored: resuming %s, which already has a checkpoint", run_dir)
     elif init_from:
-        init = load_checkpoint(init_from)
+        init = init_state if init_state is not None else load_checkpoint(init_from)
         tok = Tokenizer.from_bytes(init["tokenizer"])
         if not readonly:
             save_tokenizer(tok, run_dir / "tokenizer", settings=None)  # not trained from this config's data
@@ -109,16 +111,16 @@ def _open_run(cfg: Config, run_dir: Path, overwrite: bool, for_training: bool, i
 TRAINING_ONLY_MODEL_KEYS = ("dropout", "attention_dropout")
 
 
-def config_for_init(cfg: Config, init_from: str | Path) -> Config:
-    """`cfg` with the parent checkpoint's `model` section (--init-from): the model comes from the
-    checkpoint, and so do keys the weights do not show (activation, positions, scale_embeddings).
+def config_for_init(cfg: Config, init_from: str | Path, state: dict[str, Any]) -> Config:
+    """`cfg` with the parent checkpoint's `model` section (--init-from; `state` is that checkpoint,
+    loaded): the model comes from the checkpoint, and so do keys the weights do not show
+    (activation, positions, scale_embeddings).
 
     A key this config leaves at its default takes the checkpoint's value (logged); one it sets to
     another value than the checkpoint's is an error naming the keys. Dropout is the config's own.
     The tokenizer comes from the checkpoint too: a tokenizer.vocab_size or tokenizer.joint that
     contradicts it is the same error.
     """
-    state = load_checkpoint(init_from)
     parent, tok = from_plain_dict(state["config"]).model, Tokenizer.from_bytes(state["tokenizer"])
     default, mine = type(parent)(), cfg.model
     differ = [f.name for f in fields(parent) if f.name not in TRAINING_ONLY_MODEL_KEYS

@@ -20,6 +20,7 @@ from mtkit.data.sources import check_data_files
 from mtkit.decoding.scoring import validation_scoring
 from mtkit.hardware import resolve_device
 from mtkit.memory import keep_freed_memory, memory_line, note_memory, release_freed_memory, sampled_memory
+from mtkit.model.checkpoint import load_checkpoint
 from mtkit.training import distributed
 from mtkit.training.rundir import config_for_init, prepare_run
 from mtkit.training.runlog import (
@@ -60,10 +61,14 @@ def train(cfg: Config, *, overwrite: bool = False, init_from: str | None = None)
             torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores (Ampere+)
         if not world.is_main:
             distributed.barrier(world)
+        parent = None
         if init_from is not None:  # the model section comes from the parent (on rank 0 first, like prepare_run)
-            cfg = config_for_init(cfg, init_from)
+            parent = load_checkpoint(init_from)
+            cfg = config_for_init(cfg, init_from, parent)
         with sampled_memory():  # tokenizer training and data preparation peak between log lines
-            run = prepare_run(cfg, overwrite=overwrite, init_from=init_from, readonly=not world.is_main)
+            run = prepare_run(cfg, overwrite=overwrite, init_from=init_from, init_state=parent,
+                              readonly=not world.is_main)
+            parent = None  # the Run keeps it where the run starts from it; a resume does not need it
             if run.lock is not None:
                 cleanup.callback(run.lock.close)  # lets the next `mtkit train` on this run dir start
             train, valid_ds = prepare_data(cfg.data, run.tokenizer, run.dir / "cache")
