@@ -159,7 +159,8 @@ def _tokenizer(d: Path, hf: dict[str, Any]) -> tuple[Tokenizer, list[int]]:
         raise CheckpointError(f"{vocab_path}: pad, <unk>, decoder start and eos ids must be pieces of it"
                               f" (got {special})")
     order = [special[i] for i in range(len(SPECIAL_PIECES))]
-    order += [i for i in range(size) if i not in set(special.values())]
+    moved = set(order)
+    order += [i for i in range(size) if i not in moved]
     table = list(SPECIAL_PIECES) + [pieces[i] for i in order[len(SPECIAL_PIECES):]]
     try:
         return Tokenizer(models[0], models[1], vocab=table), order
