@@ -43,7 +43,7 @@ def test_shapes():
     assert memory.shape == (3, 5, 16) and src_pad_mask.shape == (3, 5)
     assert src_pad_mask.dtype == torch.bool and not src_pad_mask.any()
     cache = model.start_cache(memory, src_pad_mask)
-    assert cache.length == 0 and cache.beams == 1 and cache.self_kv.size(2) == 3
+    assert cache.length == 0 and cache.beams == 1 and cache.self_kv.size(3) == 3
     assert model.decode_step(tgt[:, 0], cache).shape == (3, V)
     assert cache.length == 1
 
@@ -271,16 +271,21 @@ def test_cache_select_reorders_expands_and_drops_rows():
         check([0, 0], [0, 3], 6)
 
 
-def test_beam_reorder_copies_rows_in_place_either_way():
-    from mtkit.model.cache import reorder_rows
+def test_gather_rows_copies_the_filled_slots_of_the_chosen_rows():
+    from mtkit.model.cache import gather_rows
 
-    kv = torch.randn(2, 2, 4, 3, 8, 5)  # (L, 2, B, H, capacity, d_k)
+    kv = torch.randn(8, 2, 2, 4, 3, 5)  # (capacity, L, 2, B, H, d_k)
     index = torch.tensor([2, 0, 0, 3])  # rows swap, duplicate and stay
-    for moved_only in (True, False):
-        got = kv.clone()
-        reorder_rows(got, index, 6, moved_only=moved_only)
-        assert torch.equal(got[..., :6, :], kv[:, :, index, :, :6])
-        assert torch.equal(got[..., 6:, :], kv[..., 6:, :])  # slots past the length untouched
+    out = torch.full_like(kv, 7.0)
+    gather_rows(kv, index, 6, out)
+    assert torch.equal(out[:6], kv[:6, :, :, index])
+    assert (out[6:] == 7).all()  # slots past the length untouched
+    fewer = torch.full((10, 2, 2, 2, 3, 5), 7.0)  # dropping rows, into a larger buffer
+    gather_rows(kv, torch.tensor([3, 1]), 6, fewer)
+    assert torch.equal(fewer[:6], kv[:6, :, :, [3, 1]]) and (fewer[6:] == 7).all()
+
+
+def test_beam_reorder_keeps_each_row_its_own_keys():
     model = tiny()
     src, tgt = tokens(1, 5), tokens(3, 4, seed=3)
     with torch.no_grad():  # three beams of one sentence, reordered as beam search does

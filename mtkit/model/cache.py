@@ -23,10 +23,16 @@ class DecoderCache:
     which are kept once per sentence: the decoder attends with the K beams' queries together, so
     the encoder memory is neither copied K times nor gathered again when beams change places.
 
+    The self-attention keys and values are stored slot first: the positions decoded so far are
+    one contiguous block at the front of the buffer, so moving rows (every beam-search step) is
+    one gather of contiguous (H * d_k) pieces into a second buffer, at memory speed. With the row
+    first, the filled slots of a row are spread over every layer and head, and the same gather
+    ran 2.5-6x slower (bench figures in BENCHMARKS.md, issue 25).
+
     Attributes:
         length: positions decoded so far; the next token goes at position `length`.
-        self_kv: (L, 2, B * beams, H, capacity, d_k) each decoder layer's self-attention keys [0]
-            and values [1], rows grouped by sentence; slots 0..length-1 are filled.
+        self_kv: (capacity, L, 2, B * beams, H, d_k) each decoder layer's self-attention keys [0]
+            and values [1] per slot, rows grouped by sentence; slots 0..length-1 are filled.
         cross_kv: (L, 2, B, H, S, d_k) each layer's encoder-decoder keys and values per sentence.
         src_pad_mask: (B, S) True = padding.
         src_attend_mask: (B, 1, 1, S) True = may attend (not padding).
@@ -39,23 +45,24 @@ class DecoderCache:
         # A preallocated buffer written in place: appending with torch.cat would copy all the past
         # keys every step (O(T^2) copying per sentence); here a step writes one slot and a full
         # buffer doubles, so copying is O(T) in all.
-        self.self_kv = cross_kv.new_empty(L, 2, B, H, INITIAL_CACHE, d_k)
+        self.self_kv = cross_kv.new_empty(INITIAL_CACHE, L, 2, B, H, d_k)
+        self.spare: Tensor | None = None  # the buffer `select` gathers into next (same shape)
         self.length = 0
 
     @property
     def beams(self) -> int:
         """Rows per source sentence."""
-        return self.self_kv.size(2) // self.src_pad_mask.size(0)
+        return self.self_kv.size(3) // self.src_pad_mask.size(0)
 
     def reserve(self, length: int) -> None:
         """Make room for `length` positions, doubling the buffer when it is full."""
-        capacity = self.self_kv.size(4)
+        capacity = self.self_kv.size(0)
         if length > capacity:
-            L, _, B, H, _, d_k = self.self_kv.shape
-            grown = self.self_kv.new_empty(L, 2, B, H, max(length, 2 * capacity), d_k)
-            grown[:, :, :, :, : self.length] = self.self_kv[:, :, :, :, : self.length]
-            self.self_kv = grown
+            grown = self.self_kv.new_empty(max(length, 2 * capacity), *self.self_kv.shape[1:])
+            grown[: self.length] = self.self_kv[: self.length]
+            self.self_kv, self.spare = grown, None
 
+    @torch.no_grad()  # decoding state, never part of a training graph (an out= gather cannot be)
     def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
         """New row i = old row rows[i]; beam search reorders, expands and drops beams with it.
 
@@ -67,32 +74,30 @@ class DecoderCache:
                 reordered; None keeps the sentences as they are (beams reordered or expanded within
                 each), and the encoder-decoder keys and values are not touched.
         """
-        if sentences is None and rows.numel() == self.self_kv.size(2):
-            # Reordering beams: only the filled slots, in place (the gather on the right is a copy,
-            # so rows may swap). On CPU only the rows whose beam changed parent are copied (most
-            # keep theirs); finding them is a host sync, which would stall a GPU, so there every
-            # row is gathered.
-            reorder_rows(self.self_kv, rows, self.length, moved_only=rows.device.type == "cpu")
-        else:
-            # Rows are dropped or duplicated: one gather over all layers' keys and values, of the
-            # filled slots only (the rest of the buffer is never read before it is written).
-            kv = self.self_kv
-            self.self_kv = kv.new_empty(*kv.shape[:2], rows.numel(), *kv.shape[3:])
-            self.self_kv[:, :, :, :, : self.length] = kv[:, :, rows, :, : self.length]
+        kv = self.self_kv
+        shape = (kv.size(0), *kv.shape[1:3], rows.numel(), *kv.shape[4:])  # (capacity, L, 2, B', H, d_k)
+        same = self.spare is not None and self.spare.shape == shape
+        out = self.spare if same else kv.new_empty(shape)
+        gather_rows(kv, rows, self.length, out)
+        self.spare = kv if kv.shape == shape else None  # reordering beams swaps two buffers
+        self.self_kv = out
         if sentences is not None:
             self.cross_kv = self.cross_kv.index_select(2, sentences)
             self.src_pad_mask = self.src_pad_mask.index_select(0, sentences)
             self.src_attend_mask = attend_mask_from_padding(self.src_pad_mask)
 
 
-def reorder_rows(kv: Tensor, index: Tensor, length: int, moved_only: bool) -> None:
-    """In place, new row i of kv (L, 2, B, H, capacity, d_k) = old row index[i], slots :length only.
+def gather_rows(kv: Tensor, rows: Tensor, length: int, out: Tensor) -> None:
+    """out[:length, ..., i, :, :] = kv[:length, ..., rows[i], :, :] for kv (capacity, L, 2, B, H, d_k)
+    and out (capacity', L, 2, B', H, d_k), B' = len(rows); the slots past `length` are not touched.
 
-    moved_only copies just the rows with index[i] != i, which costs a host sync to find them.
+    Seen as 2-D, the filled slots of both are contiguous runs of (H * d_k) pieces, one per (slot,
+    layer, key or value, row), so one index_select copies piece by piece straight into `out`.
     """
-    if moved_only:
-        moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
-        if moved.numel():
-            kv[:, :, moved, :, :length] = kv[:, :, index[moved], :, :length]
-    else:
-        kv[:, :, :, :, :length] = kv[:, :, index, :, :length]
+    if length == 0:
+        return
+    B, B_new, piece = kv.size(3), rows.numel(), kv.size(4) * kv.size(5)
+    blocks = length * kv.size(1) * kv.size(2)  # (slot, layer, key or value) blocks of B rows
+    src = kv.view(-1, piece)[: blocks * B]  # (blocks * B, H * d_k)
+    index = (torch.arange(blocks, device=rows.device)[:, None] * B + rows).view(-1)  # (blocks * B',)
+    torch.index_select(src, 0, index, out=out.view(-1, piece)[: blocks * B_new])

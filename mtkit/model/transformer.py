@@ -129,7 +129,7 @@ class DecoderLayer(nn.Module):
     def step(self, y: Tensor, self_kv: Tensor, t: int, cross_kv: Tensor, src_attend_mask: Tensor
              ) -> Tensor:
         """One new position t per row, y (B, 1, D) -> (B, 1, D). Writes its self-attention key and
-        value into slot t of `self_kv` (2, B, H, capacity, d_k). `cross_kv` (2, B_s, H, S, d_k) and
+        value into slot t of `self_kv` (capacity, 2, B, H, d_k). `cross_kv` (2, B_s, H, S, d_k) and
         `src_attend_mask` (B_s, 1, 1, S) are per source sentence, B = B_s * beams (cache.py)."""
         sa, ca = self.self_attn, self.cross_attn
         B, B_s = y.size(0), cross_kv.size(1)
@@ -141,10 +141,11 @@ class DecoderLayer(nn.Module):
 
         def self_attend(h: Tensor) -> Tensor:  # h (B, 1, D)
             q, k, v = sa.project_qkv(h)  # (B, 1, D) each
-            self_kv[0, :, :, t] = k.view(-1, sa.heads, sa.d_k)  # (B, H, d_k) into slot t
-            self_kv[1, :, :, t] = v.view(-1, sa.heads, sa.d_k)
+            self_kv[t, 0] = k.view(-1, sa.heads, sa.d_k)  # (B, H, d_k) into slot t
+            self_kv[t, 1] = v.view(-1, sa.heads, sa.d_k)
+            past = self_kv[: t + 1].permute(1, 2, 3, 0, 4)  # (2, B, H, t + 1, d_k), a view
             # No mask: the cache holds positions 0..t only, exactly what causality allows.
-            return sa.attend(sa.split_heads(q), self_kv[0, :, :, : t + 1], self_kv[1, :, :, : t + 1])
+            return sa.attend(sa.split_heads(q), past[0], past[1])
 
         y = self.self_attn_residual(y, self_attend)
         y = self.cross_attn_residual(y, cross_attend)
@@ -298,7 +299,7 @@ class Transformer(nn.Module):
         cache.reserve(t + 1)
         y = self.embed(tokens[:, None], self.tgt_embed, start=t)  # (B, 1, D)
         for i, layer in enumerate(self.decoder_layers):
-            y = layer.step(y, cache.self_kv[i], t, cache.cross_kv[i], cache.src_attend_mask)
+            y = layer.step(y, cache.self_kv[:, i], t, cache.cross_kv[i], cache.src_attend_mask)
         cache.length = t + 1
         return self.output(self.decoder_norm(y[:, 0]))  # (B, V)
 
