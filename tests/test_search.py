@@ -228,16 +228,15 @@ def test_finished_sentences_leave_the_batch():
     assert model.rows_per_step == [2, 4, 4, 2, 2]
 
 
-def test_finished_sentences_leave_the_batch_once_over_a_quarter_of_it():
-    # Beam 2, five sentences: EOS_KEPT stops after 3 steps, the four LIMIT ones after 5. One
-    # finished of five (20%) stays in the batch; its results are the same as alone.
-    model = ScriptedModel()
+def test_finished_sentences_leave_the_batch_at_once():
+    # Beam 2, five sentences: EOS_KEPT stops after 3 steps, the four LIMIT ones after 5. From the
+    # next step on the batch holds the four others only; every result is the same as alone.
     src = batch([EOS_KEPT], [LIMIT], [LIMIT], [LIMIT], [LIMIT])
-    together = beam(src, b=4, nbest=2, model=model)
-    assert model.rows_per_step == [5, 10, 10, 10, 10]
-    alone = [beam(src[i: i + 1], b=4, nbest=2)[0] for i in range(5)]
-    assert together == alone
-    # Two finished of five (40%) leave: EOS_KEPT twice.
+    for nbest, rows in [(1, [5, 10, 10, 8, 8]), (2, [5, 10, 10, 10, 10])]:  # nbest 2: EOS_KEPT runs on
+        model = ScriptedModel()
+        together = beam(src, b=4, nbest=nbest, model=model)
+        assert model.rows_per_step == rows
+        assert together == [beam(src[i: i + 1], b=4, nbest=nbest)[0] for i in range(5)]
     model = ScriptedModel()
     beam(batch([EOS_KEPT], [EOS_KEPT], [LIMIT], [LIMIT], [LIMIT]), b=4, model=model)
     assert model.rows_per_step == [5, 10, 10, 6, 6]
@@ -245,7 +244,7 @@ def test_finished_sentences_leave_the_batch_once_over_a_quarter_of_it():
     model = ScriptedModel()
     src = batch([GREEDY_TRAP], [LIMIT], [LIMIT], [LIMIT], [LIMIT])
     assert greedy(src, b=4, model=model) == [greedy(src[i: i + 1], b=4)[0] for i in range(5)]
-    assert model.rows_per_step == [5, 5, 5, 5, 5]
+    assert model.rows_per_step == [5, 5, 5, 4, 4]
     model = ScriptedModel()
     greedy(batch([GREEDY_TRAP], [GREEDY_TRAP], [LIMIT], [LIMIT], [LIMIT]), b=4, model=model)
     assert model.rows_per_step == [5, 5, 5, 3, 3]

@@ -113,7 +113,7 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
                 best = lprobs.gather(1, tok[:, None]).squeeze(1)  # (n,) its log-prob
             log_prob += best
             out[:, t] = tok
-            fin = alive.newly_done(tok == eos)  # at the limit EOS was forced, so those rows end too
+            fin = alive.finished(tok == eos)  # at the limit EOS was forced, so those rows end too
             if not fin:
                 continue
             for i, tk, lp in zip(fin, out[fin, :t].tolist(), log_prob[fin].tolist(), strict=True):
@@ -121,9 +121,8 @@ def greedy_search(model: Any, src: Tensor, *, max_len_a: float, max_len_b: int,
             if alive.all_done:
                 break
             keep = alive.compact()
-            if keep is not None:
-                out, log_prob, tok = out[keep], log_prob[keep], tok[keep]
-                cache = select_rows(cache, keep, keep)
+            out, log_prob, tok = out[keep], log_prob[keep], tok[keep]
+            cache = select_rows(cache, keep, keep)
     assert all(r is not None for r in results), "every row ends at EOS or its length limit"
     return results  # type: ignore[return-value]
 
@@ -198,15 +197,14 @@ def beam_search(model: Any, src: Tensor, *, beam_size: int, length_penalty: floa
             # (n, K) cache rows: beam `parent` of each sentence; at step 0 its one row.
             rows = torch.arange(n, device=device).unsqueeze(1) * (K if t > 0 else 1) + parent * (t > 0)
             sentences = None  # every sentence stays in the batch (step 0 copies its row to K beams)
-            fin = alive.newly_done(done_t)
+            fin = alive.finished(done_t)
             if fin:
                 _harvest(results, [alive.index[i] for i in fin], *beams.pools(fin))
                 if alive.all_done:
                     break
                 sentences = alive.compact()
-                if sentences is not None:
-                    rows, word = rows[sentences], word[sentences]
-                    beams.keep(sentences)
+                rows, word = rows[sentences], word[sentences]
+                beams.keep(sentences)
             # Beams reordered within their sentences leave the cross-attention K/V in place (the
             # cache keeps them per sentence); a step that drops sentences also drops theirs.
             cache = select_rows(cache, rows.reshape(-1), sentences)
