@@ -49,7 +49,7 @@ class Alive:
     per-sentence tensor and the cache, so that long sentences do not drag short ones through the
     model. Dropping costs little: beam search gathers every cache row each step anyway
     (cache.DecoderCache.select), and a step that drops sentences gathers fewer. Keeping finished
-    rows until they were a quarter of the batch decoded ~5% more rows and ran ~7% longer on the
+    rows until they were a quarter of the batch decoded ~5% more rows and ran 4-12% longer on the
     Ding test set (BENCHMARKS.md). Host-side lists keep the steps free of syncs but for one
     `any()` per step.
 

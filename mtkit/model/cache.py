@@ -27,7 +27,7 @@ class DecoderCache:
     one contiguous block at the front of the buffer, so moving rows (every beam-search step) is
     one gather of contiguous (H * d_k) pieces into a second buffer, at memory speed. With the row
     first, the filled slots of a row are spread over every layer and head, and the same gather
-    ran 2.5-6x slower (bench figures in BENCHMARKS.md, issue 25).
+    ran 2.5-8x slower (BENCHMARKS.md, issue 25's fourth pass).
 
     Attributes:
         length: positions decoded so far; the next token goes at position `length`.
