@@ -11,7 +11,7 @@ spread by +-20%, so the figure is an estimate; the decision it feeds (suggest CT
 has a margin. A trained model's outputs end at different lengths,
 so this is the ratio of the engines' step costs, not a promise for every model; bench/decode_speed.py
 measures a real one. The answer is kept in the user's cache directory (CACHE_FILE), per CPU,
-threads and versions, so translate times it only the first time.
+threads and versions (mtkit's own, and NATIVE_REVISION), so translate times it only the first time.
 
 mtkit does not switch engines by itself: CTranslate2's search differs from mtkit's (length
 normalisation, forced EOS at the limit, n-best stopping: ct2.py), so the same model and settings
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mtkit import extras, files
+from mtkit import __version__, extras, files
 from mtkit.config import Config, DecodeConfig
 from mtkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from mtkit.decoding.ct2 import CT2Engine, model_spec
@@ -46,6 +46,10 @@ log = logging.getLogger("mtkit")
 HINT_SPEEDUP = 1.1  # CTranslate2 int8 must be this much faster before translate suggests it
 VOCAB, SENTENCES, LENGTH, BEAM, BATCH = 8000, 32, 16, 5, 16  # the timed workload (see the module docstring)
 CACHE_FILE = "engine-speed.json"
+# Part of the cache key: raise it when mtkit's native decoding gets faster or slower, so that
+# machines time the engines again instead of showing a ratio measured against older code
+# (2: 2026-12-03, the slot-first decoder cache; beam 5 ~1.1x what it was on a Zen 2).
+NATIVE_REVISION = 2
 
 
 def ct2_int8_speedup() -> float | None:
@@ -128,7 +132,8 @@ class _Pieces:
 def _machine_key(ct2_version: str) -> str:
     report = machine_report()
     return (f"{report['cpu']} ({report['cpu_capability']}, {report['cores']} cores), {torch.get_num_threads()}"
-            f" threads, torch {torch.__version__}, ctranslate2 {ct2_version}")
+            f" threads, torch {torch.__version__}, ctranslate2 {ct2_version}, mtkit {__version__}"
+            f" (native decoding revision {NATIVE_REVISION})")
 
 
 def _cache_path() -> Path:
