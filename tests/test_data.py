@@ -378,6 +378,9 @@ def test_select_rows_is_select_without_a_python_list_of_rows(monkeypatch):
         assert picked[:] == rows_expected and table_rows(picked).tolist() == mapping_expected
         assert token_lengths(picked)[0].tolist() == [n + 1 for n in picked["n"]]
     assert select_rows(ds, np.array([1, 2]))._fingerprint != select_rows(ds, np.array([1, 3]))._fingerprint
+    monkeypatch.undo()  # a formatted view goes through datasets' select: the same rows of the view
+    formatted = views[1].with_format("numpy")
+    assert list(select_rows(formatted, rows)["n"]) == list(formatted.select(rows)["n"]) == [1, 9, 5]
 
 
 def test_prepare_train_empty_after_filtering(tmp_path, tiny_tokenizer, de_en_files):

@@ -210,12 +210,13 @@ def select_rows(ds: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:
     data, without datasets' detour through a Python list of the positions (at 20M pairs select
     held 0.8 GB of int objects: the main process's peak in data preparation)."""
     backing = table_rows(ds)
-    rows = rows if backing is None else backing[rows]
-    indices = InMemoryTable(pa.table({"indices": pa.array(rows, type=pa.uint64())}))
-    fingerprint = f"{ds._fingerprint}-rows-{hashlib.blake2b(np.ascontiguousarray(rows).data, digest_size=8).hexdigest()}"
-    picked = datasets.Dataset(ds.data, info=ds.info.copy(), split=ds.split, indices_table=indices, fingerprint=fingerprint)
+    in_table = rows if backing is None else backing[rows]  # the backing table's rows
+    indices = InMemoryTable(pa.table({"indices": pa.array(in_table, type=pa.uint64())}))
+    digest = hashlib.blake2b(np.ascontiguousarray(in_table).data, digest_size=8).hexdigest()
+    picked = datasets.Dataset(ds.data, info=ds.info.copy(), split=ds.split, indices_table=indices,
+                              fingerprint=f"{ds._fingerprint}-rows-{digest}")
     if len(picked) != len(rows) or ds.format["type"] is not None:  # internals changed, or a format to keep
-        return ds.select(rows)
+        return ds.select(rows)  # positions in `ds`, as given
     return picked
 
 
