@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,17 +65,16 @@ def ms_per_step(path: Path, compute_type: str, threads: int) -> float:
     """Milliseconds per greedy step of ROWS rows: (LONG - SHORT steps) / (LONG - SHORT), best of 3."""
     import ctranslate2
 
+    from mtkit.hardware import best_time
+
     gen = ctranslate2.Generator(str(path), compute_type=compute_type, intra_threads=threads, inter_threads=1)
     prompts = [["t5"]] * ROWS
 
-    def seconds(steps: int) -> float:
-        t0 = time.perf_counter()
-        gen.generate_batch(prompts, max_length=steps, min_length=steps, sampling_topk=1,
-                           include_prompt_in_result=False)
-        return time.perf_counter() - t0
+    def seconds(steps: int) -> float:  # best of 3, after one untimed run
+        return best_time([lambda: gen.generate_batch(prompts, max_length=steps, min_length=steps, sampling_topk=1,
+                                                     include_prompt_in_result=False)])
 
-    seconds(SHORT)  # warm-up
-    return 1000 * (min(seconds(LONG) for _ in range(3)) - min(seconds(SHORT) for _ in range(3))) / (LONG - SHORT)
+    return 1000 * (seconds(LONG) - seconds(SHORT)) / (LONG - SHORT)
 
 
 def torch_ms(threads: int) -> dict[str, float]:
