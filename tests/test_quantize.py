@@ -76,6 +76,20 @@ def test_fbgemm_linear_sums_exactly_and_stays_close():
     assert 1e-4 < rel < 0.04
 
 
+@pytest.mark.skipif(not kernel_available("fbgemm"), reason="this torch has no fbgemm int8 linear")
+def test_fbgemm_linear_takes_any_leading_dims_and_strides():
+    """forward hands its input to fbgemm as it is: a (B, 1, D) step, a transposed view and a
+    2-D batch give exactly the rows the 2-D contiguous call gives."""
+    torch.manual_seed(0)
+    q = FbgemmLinear(nn.Linear(16, 24))
+    x = torch.randn(3, 5, 16)
+    flat = q(x.reshape(15, 16))  # (15, 24)
+    assert torch.equal(q(x), flat.view(3, 5, 24))
+    t = x.transpose(0, 1)  # (5, 3, 16), not contiguous
+    assert torch.equal(q(t), q(t.contiguous()))
+    assert q(x[:, :1]).shape == (3, 1, 24)
+
+
 @pytest.mark.parametrize("kernel", AVAILABLE)
 def test_quantize_swaps_every_linear(kernel):
     from mtkit.config import ModelConfig
