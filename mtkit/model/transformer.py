@@ -84,8 +84,13 @@ class Residual(nn.Module):
         if self.norm_first:
             # NOTE (differs from paper): pre-norm keeps an un-normalised residual path, which trains
             # stably without long warmup (Xiong et al. 2020); norm_first: false is the paper's.
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+            return x + self.drop(sublayer(self.norm(x)))
+        return self.norm(x + self.drop(sublayer(x)))
+
+    def drop(self, h: Tensor) -> Tensor:
+        """Dropout while training; in eval mode the identity, without a call into torch (a decoding
+        step would make one per sub-layer for nothing)."""
+        return self.dropout(h) if self.training else h
 
 
 class EncoderLayer(nn.Module):
@@ -219,7 +224,8 @@ class Transformer(nn.Module):
         if end > self.positions.size(0):  # no maximum length: extend the table (doubling, so rarely)
             self.positions = sinusoidal_positions(max(end, 2 * self.positions.size(0)), self.cfg.d_model,
                                                   self.positions.device, self.positions.dtype, self.cfg.positions)
-        return self.dropout(table(tokens) * self.embed_scale + self.positions[start:end])
+        x = table(tokens) * self.embed_scale + self.positions[start:end]
+        return self.dropout(x) if self.training else x
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder stack (section 3.1): src (B, S) ids padded with pad_id -> memory (B, S, D) and
