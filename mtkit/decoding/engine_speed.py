@@ -49,7 +49,7 @@ CACHE_FILE = "engine-speed.json"
 # Part of the cache key: raise it when mtkit's native decoding gets faster or slower, so that
 # machines time the engines again instead of showing a ratio measured against older code
 # (2: 2026-12-03, the slot-first decoder cache; beam 5 ~1.1x what it was on a Zen 2;
-# 3: the int8 matmul without torch's override lookup, ~1.05x at one thread).
+# 3: the int8 matmul without torch's override lookup, 1.06-1.09x at one thread).
 NATIVE_REVISION = 3
 
 

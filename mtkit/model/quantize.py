@@ -37,8 +37,9 @@ SCREEN_SLOWDOWN = 3  # a kernel this many times slower than fp32 on the first sh
 # packed weights (a TorchScript object) that lookup raises and catches a C++ exception inside
 # torch: ~16 us per call on a Zen 2 (real AVX2), all of it holding Python's lock, and a decoding
 # step makes ~20 calls. Inputs here are plain tensors (no subclass to defer to), so the lookup is
-# switched off around the call: beam 5 on 400 Ding test sentences, one thread, ran ~5% faster
-# (BENCHMARKS.md). Where a torch lacks the switch the call runs as before.
+# switched off around the call: beam 5 on the first 400 Ding test sentences, one thread, took
+# 4.79-5.12 s against 5.08-5.31 s (BENCHMARKS.md). Where a torch lacks the switch the call runs
+# as before.
 _skip_override_check = getattr(torch._C, "DisableTorchFunctionSubclass", contextlib.nullcontext)
 
 
@@ -118,7 +119,6 @@ class FbgemmLinear(nn.Module):
         # The op takes any leading dimensions and strides itself, so it is the only call here.
         with _skip_override_check():
             return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
-
 
 
 @functools.cache
