@@ -67,6 +67,12 @@ class FeedForward(nn.Module):
         return self.w_2(self.activation(self.w_1(x)))
 
 
+def dropout_while_training(dropout: nn.Dropout, x: Tensor) -> Tensor:
+    """dropout(x) while training; in eval mode x itself, without the module call and torch dispatch
+    that would return it (a decoding step would make about ten of them for nothing)."""
+    return dropout(x) if dropout.training else x
+
+
 class Residual(nn.Module):
     """Residual connection, dropout and LayerNorm around one sub-layer (sections 3.1 and 5.4).
 
@@ -84,13 +90,8 @@ class Residual(nn.Module):
         if self.norm_first:
             # NOTE (differs from paper): pre-norm keeps an un-normalised residual path, which trains
             # stably without long warmup (Xiong et al. 2020); norm_first: false is the paper's.
-            return x + self.drop(sublayer(self.norm(x)))
-        return self.norm(x + self.drop(sublayer(x)))
-
-    def drop(self, h: Tensor) -> Tensor:
-        """Dropout while training; in eval mode the identity, without a call into torch (a decoding
-        step would make one per sub-layer for nothing)."""
-        return self.dropout(h) if self.training else h
+            return x + dropout_while_training(self.dropout, sublayer(self.norm(x)))
+        return self.norm(x + dropout_while_training(self.dropout, sublayer(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -224,8 +225,7 @@ class Transformer(nn.Module):
         if end > self.positions.size(0):  # no maximum length: extend the table (doubling, so rarely)
             self.positions = sinusoidal_positions(max(end, 2 * self.positions.size(0)), self.cfg.d_model,
                                                   self.positions.device, self.positions.dtype, self.cfg.positions)
-        x = table(tokens) * self.embed_scale + self.positions[start:end]
-        return self.dropout(x) if self.training else x
+        return dropout_while_training(self.dropout, table(tokens) * self.embed_scale + self.positions[start:end])
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder stack (section 3.1): src (B, S) ids padded with pad_id -> memory (B, S, D) and
