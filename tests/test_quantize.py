@@ -88,6 +88,9 @@ def test_fbgemm_linear_takes_any_leading_dims_and_strides():
     t = x.transpose(0, 1)  # (5, 3, 16), not contiguous
     assert torch.equal(q(t), q(t.contiguous()))
     assert q(x[:, :1]).shape == (3, 1, 24)
+    # The op is called directly, not through torch.ops: the same result.
+    assert q.linear_dynamic is not torch.ops.quantized.linear_dynamic
+    assert torch.equal(flat, torch.ops.quantized.linear_dynamic(x.reshape(15, 16), q.packed, True))
 
 
 @pytest.mark.parametrize("kernel", AVAILABLE)

@@ -43,6 +43,17 @@ SCREEN_SLOWDOWN = 3  # a kernel this many times slower than fp32 on the first sh
 _skip_override_check = getattr(torch._C, "DisableTorchFunctionSubclass", contextlib.nullcontext)
 
 
+def _direct(op):
+    """The C++ function behind `op`'s default overload, or `op` itself where a torch lacks it.
+
+    Called through `torch.ops`, an operator that takes a TorchScript object first walks its arguments
+    in Python, looking for the stand-ins torch.compile traces with: ~3 us per call on a Zen 2 (real
+    AVX2), ~20 calls per decoding step, all of it holding Python's lock. Decoding runs eagerly on
+    real weights, so the walk can never find one.
+    """
+    return getattr(getattr(op, "default", None), "_op", op)
+
+
 class Int8Linear(nn.Module):
     """y = x W^T + b with W and x rounded to int8 (per output channel and per row) for the product.
 
@@ -114,11 +125,12 @@ class FbgemmLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.packed = torch.ops.quantized.linear_prepack(w_q, bias)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.linear_dynamic = _direct(torch.ops.quantized.linear_dynamic)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., K) -> (..., N), fp32
         # The op takes any leading dimensions and strides itself, so it is the only call here.
         with _skip_override_check():
-            return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+            return self.linear_dynamic(x.float(), self.packed, True)
 
 
 @functools.cache
