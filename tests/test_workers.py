@@ -1,4 +1,5 @@
-"""Tests for decoding/workers.py (batches decoded side by side on a CPU) and search_state.block_topk."""
+"""Tests for decoding/workers.py (batches decoded side by side on a CPU) and search_state's block_topk and
+extension_topk."""
 
 import threading
 import time
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from mtkit.config import load_config
-from mtkit.decoding.search_state import block_topk
+from mtkit.decoding.search_state import block_topk, extension_topk
 from mtkit.decoding.workers import MAX_AUTO_WORKERS, map_batches, resolve_workers, threads_each
 from mtkit.errors import ConfigError
 
@@ -93,6 +94,22 @@ def test_block_topk_equals_topk(n, m, k):
     (values, indices), want = block_topk(x, k), x.topk(k, dim=1)
     assert torch.equal(values, want.values)
     assert torch.equal(indices, want.indices)
+
+
+@pytest.mark.parametrize("n,K,V", [(32, 5, 8_000), (3, 4, 64 * 32), (2, 5, 1_000), (7, 3, 8_001)])
+def test_extension_topk_equals_block_topk_of_the_sums(n, K, V):
+    """Bit for bit, ties included: log-probs on a coarse grid tie often; dead beams score -inf."""
+    gen = torch.Generator().manual_seed(n * V + K)
+    for coarse in (False, True):
+        lprobs = torch.randn(n, K, V, generator=gen).log_softmax(-1)
+        if coarse:
+            lprobs = (lprobs * 4).round() / 4
+        lprobs[:, :, :2] = float("-inf")  # banned tokens
+        scores = torch.randn(n, K, generator=gen) * 5
+        scores[0, 1:] = float("-inf")
+        want = block_topk((lprobs + scores[:, :, None]).view(n, K * V), 2 * K)
+        values, indices = extension_topk(lprobs.clone(), scores, 2 * K)
+        assert torch.equal(values, want[0]) and torch.equal(indices, want[1])
 
 
 def test_an_engine_with_its_own_split_says_how_many_batches_it_takes(two_threads):
