@@ -238,6 +238,30 @@ def test_decode_step_equals_forward(options):
     assert close(fused, expected)
 
 
+def test_decode_steps_over_many_keys_take_the_matmul_path_and_equal_forward(monkeypatch):
+    """With d_k 64, self-attention of a step over 7 or more cached positions runs as two matmuls
+    (one_query_over_many_keys); before that, and in encoder-decoder attention, the fused kernel."""
+    model = tiny(d_model=64, heads=1)  # d_k 64: 64 * 7 keys >= MATMUL_MIN_PRODUCTS
+    src, tgt = tokens(3, 6), tokens(3, 12, seed=2)
+    src[2, 3:] = 0
+    with torch.no_grad():
+        expected = model(src, tgt)
+    fused_keys = []  # key counts of the decoder self-attention calls that reached the fused kernel
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, k, v, attn_mask=None, **kwargs):
+        if attn_mask is None:
+            fused_keys.append(k.size(-2))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with torch.inference_mode():
+        cache = model.start_cache(*model.encode(src))
+        steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(12)], dim=1)
+    assert sorted(set(fused_keys)) == [1, 2, 3, 4, 5, 6]  # 7 keys and more: the matmuls
+    assert close(steps, expected)
+
+
 def test_cache_select_reorders_expands_and_drops_rows():
     model = tiny()
     src = tokens(2, 5)

@@ -1,7 +1,8 @@
 """Scaled dot-product and multi-head attention (section 3.2), and the padding mask they take.
 
 `MultiHeadAttention` is what the encoder and decoder layers (transformer.py) use; `reference_attention`
-is eq. 1 written out, for inspection and tests; `matmul_attention` is the bf16-on-CPU path.
+is eq. 1 written out, for inspection and tests; `matmul_attention` is the bf16-on-CPU path, and a
+decoding step's self-attention over many cached positions on a CPU (`one_query_over_many_keys`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# A single query's keys x d_k from which its attention runs as matmuls (one_query_over_many_keys):
+# torch's batched matmul calls BLAS from 400 products per matrix (below, it loops per element).
+MATMUL_MIN_PRODUCTS = 400
 
 
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None = None
@@ -37,7 +42,8 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | N
 
 def matmul_attention(q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None = None,
                      is_causal: bool = False, dropout_p: float = 0.0) -> Tensor:
-    """Eq. 1 as two batched matmuls with the softmax in fp32: the model's path for bf16 on CPUs.
+    """Eq. 1 as two batched matmuls with the softmax in fp32: the model's path for bf16 on CPUs, and
+    for a decoding step's single query over many keys (one_query_over_many_keys).
 
     torch's CPU flash-attention kernel is slow in bf16 for the short sentences of MT (measured with
     torch 2.13, 2 threads, forward + backward: 7.1 against 2.7 ms at 400 x 5 tokens, 15.5 against
@@ -56,6 +62,20 @@ def matmul_attention(q: Tensor, k: Tensor, v: Tensor, attend_mask: Tensor | None
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return weights.to(v.dtype) @ v  # (B, H, Tq, d_v)
+
+
+def one_query_over_many_keys(q: Tensor, k: Tensor, attend_mask: Tensor | None) -> bool:
+    """A decoding step's self-attention (one query per row, no mask) over enough cached keys that
+    two batched matmuls beat the fused kernel on a CPU.
+
+    The fused kernel pays a fixed cost per (row, head) pair, which a 160-row step has 640 of per
+    layer; torch's batched matmul hands them to BLAS in one call once each matrix holds at least
+    400 products (below that it loops per element and is slower). A real-model step (32 sentences
+    x beam 5, d_k 64, cache reorder included) on a Zen 2 (real AVX2), one thread: 3-4% faster at
+    10 cached positions, 6-8% at 20; with matmuls at every length it was 4% slower at 4 and 5
+    (BENCHMARKS.md).
+    """
+    return q.size(-2) == 1 and attend_mask is None and k.size(-2) * k.size(-1) >= MATMUL_MIN_PRODUCTS
 
 
 def attend_mask_from_padding(pad_mask: Tensor) -> Tensor:
@@ -121,7 +141,7 @@ class MultiHeadAttention(nn.Module):
                is_causal: bool = False) -> Tensor:
         """Projected q (B, H, Tq, d_k), k, v (B, H, Tk, d_k) -> Concat(heads) W^O (B, Tq, D)."""
         dropout_p = self.attention_dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        if q.device.type == "cpu" and (q.dtype == torch.bfloat16 or one_query_over_many_keys(q, k, attend_mask)):
             out = matmul_attention(q, k, v, attend_mask, is_causal, dropout_p)  # (B, H, Tq, d_k)
         else:
             # The fused kernel (flash attention) computes softmax(QK^T/sqrt(d_k))V in blocks without
