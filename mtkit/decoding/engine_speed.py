@@ -49,8 +49,9 @@ CACHE_FILE = "engine-speed.json"
 # Part of the cache key: raise it when mtkit's native decoding gets faster or slower, so that
 # machines time the engines again instead of showing a ratio measured against older code
 # (2: 2026-12-03, the slot-first decoder cache; beam 5 ~1.1x what it was on a Zen 2;
-# 3: the int8 matmul without torch's override lookup, 1.06-1.09x at one thread).
-NATIVE_REVISION = 3
+# 3: the int8 matmul without torch's override lookup, 1.06-1.09x at one thread;
+# 4: self-attention over 7+ cached positions as matmuls, a cheaper beam top-k and op call).
+NATIVE_REVISION = 4
 
 
 def ct2_int8_speedup() -> float | None:
