@@ -72,8 +72,7 @@ def one_query_over_many_keys(q: Tensor, k: Tensor, attend_mask: Tensor | None) -
     layer; torch's batched matmul hands them to BLAS in one call once each matrix holds at least
     400 products (below that it loops per element and is slower). A real-model step (32 sentences
     x beam 5, d_k 64, cache reorder included) on a Zen 2 (real AVX2), one thread: 3-4% faster at
-    10 cached positions, 6-8% at 20; with matmuls at every length it was 4% slower at 4 and 5
-    (BENCHMARKS.md).
+    11 keys, 6-8% at 21; with matmuls at 5 and 6 keys it was 3-5% slower (BENCHMARKS.md).
     """
     return q.size(-2) == 1 and attend_mask is None and k.size(-2) * k.size(-1) >= MATMUL_MIN_PRODUCTS
 
