@@ -206,9 +206,7 @@ def block_topk(x: Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[Tensor, Tens
         return x.topk(k, dim=1)
     blocks = x.view(n, M // block, block)  # (n, M/b, b)
     best_blocks = blocks.amax(dim=2).topk(k, dim=1).indices  # (n, k)
-    values = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, block)).view(n, k * block)  # (n, k*b)
-    top, pos = values.topk(k, dim=1)  # (n, k)
-    return top, best_blocks.gather(1, pos // block) * block + pos % block
+    return top_of_blocks(blocks, best_blocks, k)
 
 
 def extension_topk(lprobs: Tensor, scores: Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[Tensor, Tensor]:
@@ -227,9 +225,23 @@ def extension_topk(lprobs: Tensor, scores: Tensor, k: int, block: int = TOPK_BLO
     per_beam = V // block
     maxima = lprobs.view(n, K, per_beam, block).amax(dim=3).add_(scores.unsqueeze(2))  # (n, K, V/b)
     best_blocks = maxima.view(n, K * per_beam).topk(k, dim=1).indices  # (n, k)
-    values = lprobs.view(n, K * per_beam, block).gather(1, best_blocks[:, :, None].expand(-1, -1, block))  # (n, k, b)
-    values = values.add_(scores.gather(1, best_blocks // per_beam).unsqueeze(2)).view(n, k * block)
-    top, pos = values.topk(k, dim=1)  # (n, k)
+    return top_of_blocks(lprobs.view(n, K * per_beam, block), best_blocks, k,
+                         shift=scores.gather(1, best_blocks // per_beam))  # each chosen block's beam score
+
+
+def top_of_blocks(blocks: Tensor, best_blocks: Tensor, k: int, shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The k largest values among the chosen blocks, with their indices in the flattened row.
+
+    Args:
+        blocks: (n, M/b, b) each row's values in blocks of b.
+        best_blocks: (n, k) the blocks to look in (block_topk: those with the k largest maxima).
+        shift: (n, k) added to every value of the matching chosen block, or None.
+    """
+    n, block = blocks.size(0), blocks.size(2)
+    values = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, block))  # (n, k, b)
+    if shift is not None:
+        values = values.add_(shift.unsqueeze(2))
+    top, pos = values.view(n, k * block).topk(k, dim=1)  # (n, k)
     return top, best_blocks.gather(1, pos // block) * block + pos % block
 
 
